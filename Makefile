@@ -1,0 +1,44 @@
+# DFMS developer commands. The README's two commands are `make up` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dfms-installed
+ARGS ?=
+
+.PHONY: install up test lint unit integration bench proto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the package definition changes (the Rabin extension is built here too).
+$(STAMP): $(BIN)/python pyproject.toml $(wildcard setup.py) $(wildcard chunker/*.c)
+	$(BIN)/python -m pip install --quiet -e '.[stack,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole local cluster in this terminal (Ctrl-C stops it). ARGS="--nodes 5" etc.
+up: install
+	$(BIN)/dfms up $(ARGS)
+
+## Lint and run the whole test suite against a real local cluster started for the run.
+test: install lint
+	@$(BIN)/python -m pytest $(ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
+	exit $$code
+
+lint: install
+	$(BIN)/ruff check .
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+integration: install
+	$(BIN)/python -m pytest tests/integration $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/bench_chunker.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from dfms.cli import main
+
+sys.exit(main())

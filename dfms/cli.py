@@ -1,0 +1,190 @@
+"""The `dfms` command line: one console script, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dfms.config import Config, dump_yaml, load_config, sample_yaml
+from dfms.errors import ConfigError, DfmsError
+from dfms.runtime.logs import setup_logging
+
+DEFAULT_DATA_DIR = ".dfms"
+ENV_DATA_DIR = "DFMS_DATA_DIR"
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """--config, else DFMS_CONFIG, else the config `dfms up` wrote in the data dir."""
+    if args.config:
+        return load_config(args.config)
+    if os.environ.get("DFMS_CONFIG"):
+        return load_config()
+    cluster_cfg = _data_dir(args) / "dfms.yaml"
+    if args.data_dir and not cluster_cfg.exists():
+        raise ConfigError("--data-dir", str(args.data_dir),
+                          "no dfms.yaml there; start the cluster with `dfms up` first")
+    return load_config(cluster_cfg if cluster_cfg.exists() else None)
+
+
+# --- up ----------------------------------------------------------------------
+
+async def _up(args: argparse.Namespace) -> int:
+    from dfms.localstack.cluster import LocalCluster, UpOptions
+
+    opts = UpOptions(data_dir=_data_dir(args), nodes=args.nodes,
+                     gateway_port=args.gateway_port,
+                     config_path=Path(args.config) if args.config else None)
+    cluster = LocalCluster(opts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    start = asyncio.create_task(cluster.start())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not start.done():
+        print("dfms up: interrupted during start-up; stopping", flush=True)
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DfmsError):
+            await start
+        return 130
+    stopper.cancel()
+    start.result()  # re-raise a start-up failure
+    print(f"\nDFMS local cluster ({opts.nodes} S3 nodes), data in {cluster.data_dir}:")
+    print(cluster.endpoints_text())
+    print(f"dfms up: ready in {cluster.ready_after_s:.1f}s; Ctrl-C stops everything", flush=True)
+    await stop.wait()
+    print("dfms up: stopping (reverse order)", flush=True)
+    await cluster.stop()
+    print("dfms up: stopped", flush=True)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    setup_logging("INFO", "text")
+    return asyncio.run(_up(args))
+
+
+# --- services ------------------------------------------------------------------
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from dfms.gateway.app import GatewayService
+    from dfms.runtime.service import main_for
+
+    cfg = resolve_config(args)
+    return main_for(GatewayService(cfg), cfg)
+
+
+# --- migrate -------------------------------------------------------------------
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from dfms.metadata import db, migrate
+
+    cfg = resolve_config(args)
+    conn = await db.connect(cfg.postgres)
+    try:
+        if args.action == "up":
+            done = await migrate.migrate_up(conn, target=args.to)
+            for m in done:
+                print(f"applied  {m.version:04d}_{m.name}")
+            print(f"{len(done)} migration(s) applied")
+        elif args.action == "down":
+            done = await migrate.migrate_down(conn, steps=args.steps)
+            for m in done:
+                print(f"reverted {m.version:04d}_{m.name}")
+            print(f"{len(done)} migration(s) reverted")
+        else:
+            for st in await migrate.status(conn):
+                mark = "applied" if st.applied else "pending"
+                warn = "" if st.checksum_ok else "  (file changed since it was applied!)"
+                print(f"{st.version:04d}_{st.name:<24} {mark}{warn}")
+    finally:
+        await conn.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    return asyncio.run(_migrate(args))
+
+
+# --- keys and config ---------------------------------------------------------------
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from dfms.keys import generate_key
+
+    keys_dir = Path(args.dir) if args.dir else _data_dir(args) / "keys"
+    key = generate_key(keys_dir)
+    print(f"generated ES256 key {key.kid} in {keys_dir} (now current)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "sample":
+        sys.stdout.write(sample_yaml())
+    else:
+        sys.stdout.write(dump_yaml(resolve_config(args), mask_secrets=True))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfms", description="DFMS distributed file store")
+    parser.add_argument("--config", help="YAML config file (default: $DFMS_CONFIG, else the "
+                        "data dir's dfms.yaml written by `dfms up`)")
+    parser.add_argument("--data-dir", help=f"cluster data directory (default: ${ENV_DATA_DIR} "
+                        f"or {DEFAULT_DATA_DIR})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole local cluster in this terminal")
+    up.add_argument("--nodes", type=int, default=3, help="S3 storage nodes (default 3)")
+    up.add_argument("--gateway-port", type=int, default=8080,
+                    help="gateway port (default 8080; 0 picks a free one)")
+    up.set_defaults(func=cmd_up)
+
+    gw = sub.add_parser("gateway", help="run the HTTP gateway")
+    gw.set_defaults(func=cmd_gateway)
+
+    mig = sub.add_parser("migrate", help="apply, revert or list schema migrations")
+    mig.add_argument("action", choices=("up", "down", "status"))
+    mig.add_argument("--to", type=int, help="up: stop at this version")
+    mig.add_argument("--steps", type=int, default=1, help="down: how many to revert")
+    mig.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="manage ES256 token-signing keys")
+    keys.add_argument("action", choices=("generate",))
+    keys.add_argument("--dir", help="key directory (default: <data dir>/keys)")
+    keys.set_defaults(func=cmd_keys)
+
+    conf = sub.add_parser("config", help="show the effective config or a sample file")
+    conf.add_argument("action", choices=("show", "sample"))
+    conf.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    if getattr(args, "nodes", 1) < 1:
+        print("dfms: error: --nodes must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"dfms: config error: {exc}", file=sys.stderr)
+        return 2
+    except DfmsError as exc:
+        print(f"dfms: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

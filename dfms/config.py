@@ -1,0 +1,325 @@
+"""Typed, frozen configuration.
+
+Values are layered: built-in defaults, then an optional YAML file
+(``--config`` or ``DFMS_CONFIG``), then ``DFMS_<SECTION>__<FIELD>``
+environment variables. Every field carries a one-line meaning (used for the
+sample config and ``dfms config show``) and its constraints; an invalid value
+raises ``ConfigError`` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from dfms.errors import ConfigError
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+ENV_PREFIX = "DFMS_"
+ENV_CONFIG_PATH = "DFMS_CONFIG"
+MASK = "***"
+
+
+def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+        choices: tuple[str, ...] | None = None, secret: bool = False) -> Any:
+    """Declare a config field with its meaning and constraints."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "secret": secret}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = opt("text", "log line format: text (key=value) or json", choices=("text", "json"))
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    dsn: str = opt("postgresql://dfms@127.0.0.1:5432/dfms", "PostgreSQL DSN", secret=True)
+    pool_min_size: int = opt(1, "connections kept open per process", lo=0, hi=100)
+    pool_max_size: int = opt(10, "most connections per process", lo=1, hi=500)
+    connect_timeout_s: float = opt(10.0, "timeout for opening a connection", lo=0.1)
+    command_timeout_s: float = opt(30.0, "timeout for one statement", lo=0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = opt("redis://127.0.0.1:6379/0", "Redis URL", secret=True)
+    socket_timeout_s: float = opt(2.0, "timeout for one Redis command", lo=0.05)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    bootstrap_servers: str = opt("127.0.0.1:9092", "comma-separated Kafka bootstrap servers")
+    topic_partitions: int = opt(3, "partitions of each DFMS topic when created", lo=1, hi=1024)
+    request_timeout_s: float = opt(30.0, "timeout for one Kafka request", lo=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    access_key: str = opt("dfmsadmin", "S3 access key of the storage nodes")
+    secret_key: str = opt("", "S3 secret key of the storage nodes", secret=True)
+    bucket: str = opt("dfms-chunks", "bucket that holds chunk objects on every node")
+    region: str = opt("us-east-1", "S3 region name sent to the nodes")
+    request_timeout_s: float = opt(30.0, "timeout for one S3 request", lo=0.1)
+    max_retries: int = opt(3, "retries of an idempotent S3 call", lo=0, hi=20)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerConfig:
+    algorithm: str = opt("fastcdc", "content-defined chunker", choices=("fastcdc", "rabin"))
+    min_size_bytes: int = opt(256 * KIB, "smallest chunk (except a file's last)", lo=64)
+    avg_size_bytes: int = opt(1 * MIB, "target average chunk size", lo=256)
+    max_size_bytes: int = opt(4 * MIB, "largest chunk", lo=1024, hi=64 * MIB)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    replicas_n: int = opt(3, "replicas of every chunk", lo=1, hi=16)
+    write_quorum_w: int = opt(2, "replica writes that must succeed before a write counts", lo=1,
+                              hi=16)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = opt("127.0.0.1", "address the HTTP gateway listens on")
+    port: int = opt(8080, "port of the HTTP gateway (also serves /health, /ready, /metrics)",
+                    lo=0, hi=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkServiceConfig:
+    host: str = opt("127.0.0.1", "address the gRPC chunk service listens on")
+    grpc_port: int = opt(9091, "gRPC port of the chunk service", lo=0, hi=65535)
+    ops_port: int = opt(9191, "HTTP port for /health, /ready and /metrics", lo=0, hi=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    keys_dir: str = opt("keys", "directory of ES256 signing keys (relative to the data dir)")
+    issuer: str = opt("dfms", "JWT iss claim")
+    audience: str = opt("dfms-api", "JWT aud claim")
+
+
+@dataclass(frozen=True, slots=True)
+class OpsConfig:
+    host: str = opt("127.0.0.1", "address the ops HTTP servers of background services bind")
+    shutdown_grace_s: float = opt(10.0, "time in-flight work gets to finish on SIGTERM", lo=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    chunk_service: ChunkServiceConfig = field(default_factory=ChunkServiceConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+
+
+# --- loading -----------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "b": 1, "kib": KIB, "mib": MIB, "gib": GIB, "kb": 1000, "mb": 10**6,
+               "gb": 10**9}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _sections() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, raw: object, kind: type, name: str) -> object:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ConfigError(key, raw, "expected a boolean (true/false)")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(key, raw, "expected an integer")
+        if isinstance(raw, int):
+            return raw
+        match = _SIZE_RE.match(str(raw).replace("_", ""))
+        unit = match.group(2).lower() if match else None
+        if match and unit in _SIZE_UNITS and (unit == "" or name.endswith("_bytes")):
+            return int(match.group(1)) * _SIZE_UNITS[unit]
+        allowed = "an integer" + (" or a size like 4MiB" if name.endswith("_bytes") else "")
+        raise ConfigError(key, raw, f"expected {allowed}")
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ConfigError(key, raw, "expected a number")
+        try:
+            return float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(key, raw, "expected a number") from None
+    if isinstance(raw, (dict, list)):
+        raise ConfigError(key, raw, "expected a string")
+    return str(raw)
+
+
+def _check(key: str, value: object, meta: Mapping[str, Any]) -> None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(key, value, f"expected one of {', '.join(choices)}")
+    if isinstance(value, (int, float)):
+        if lo is not None and value < lo:
+            raise ConfigError(key, value, f"must be >= {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(key, value, f"must be <= {hi}")
+        if isinstance(value, float) and value != value:  # NaN
+            raise ConfigError(key, value, "must be a number")
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, object]) -> object:
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"{name}.{key}", values[key], f"unknown option; known: {allowed}")
+    kwargs: dict[str, object] = {}
+    for fname, f in known.items():
+        if fname not in values:
+            continue
+        key = f"{name}.{fname}"
+        value = _coerce(key, values[fname], hints[fname], fname)
+        _check(key, value, f.metadata)
+        kwargs[fname] = value
+    return cls(**kwargs)
+
+
+def _validate_cross(cfg: Config) -> None:
+    rep = cfg.replication
+    if rep.write_quorum_w > rep.replicas_n:
+        raise ConfigError("replication.write_quorum_w", rep.write_quorum_w,
+                          f"must be <= replication.replicas_n ({rep.replicas_n})")
+    ch = cfg.chunker
+    if not ch.min_size_bytes < ch.avg_size_bytes < ch.max_size_bytes:
+        raise ConfigError("chunker.avg_size_bytes", ch.avg_size_bytes,
+                          f"must lie strictly between min_size_bytes ({ch.min_size_bytes}) "
+                          f"and max_size_bytes ({ch.max_size_bytes})")
+    pg = cfg.postgres
+    if pg.pool_min_size > pg.pool_max_size:
+        raise ConfigError("postgres.pool_min_size", pg.pool_min_size,
+                          f"must be <= postgres.pool_max_size ({pg.pool_max_size})")
+
+
+def _merge(base: dict[str, dict[str, object]], layer: Mapping[str, object], origin: str) -> None:
+    sections = _sections()
+    for name, values in layer.items():
+        if name not in sections:
+            raise ConfigError(name, values, f"unknown section in {origin}; known: "
+                              + ", ".join(sorted(sections)))
+        if not isinstance(values, Mapping):
+            raise ConfigError(name, values, f"a section in {origin} must be a mapping")
+        base.setdefault(name, {}).update(values)
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    layer: dict[str, dict[str, object]] = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, name = var[len(ENV_PREFIX):].lower().partition("__")
+        layer.setdefault(section, {})[name] = value
+    return layer
+
+
+def read_yaml(path: str | Path) -> dict[str, object]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"cannot read the file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("--config", str(path), "the file must hold a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Mapping[str, object]] | None = None) -> Config:
+    """Build the effective config: defaults < YAML file < environment < overrides."""
+    env = os.environ if env is None else env
+    merged: dict[str, dict[str, object]] = {}
+    path = path or env.get(ENV_CONFIG_PATH)
+    if path:
+        _merge(merged, read_yaml(path), str(path))
+    _merge(merged, _env_layer(env), "the environment")
+    if overrides:
+        _merge(merged, overrides, "overrides")
+    sections = {name: _build_section(name, cls, merged.get(name, {}))
+                for name, cls in _sections().items()}
+    cfg = Config(**sections)  # type: ignore[arg-type]
+    _validate_cross(cfg)
+    return cfg
+
+
+# --- presenting --------------------------------------------------------------
+
+def mask_url(url: str) -> str:
+    """A URL or DSN with its password hidden, the rest kept readable."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\g<1>{MASK}@", url)
+
+
+def _mask(value: object) -> object:
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return MASK if value else value
+
+
+def to_dict(cfg: Config, *, mask_secrets: bool = False) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            values[f.name] = _mask(value) if mask_secrets and f.metadata.get("secret") else value
+        out[section.name] = values
+    return out
+
+
+def dump_yaml(cfg: Config, *, mask_secrets: bool = False) -> str:
+    return yaml.safe_dump(to_dict(cfg, mask_secrets=mask_secrets), sort_keys=False)
+
+
+def sample_yaml() -> str:
+    """Every option with its default and one-line meaning, as a commented YAML file."""
+    lines = ["# DFMS configuration: every option, its default and what it means.",
+             "# Layering: built-in defaults < this file (--config / DFMS_CONFIG)",
+             "# < environment variables DFMS_<SECTION>__<OPTION> (e.g. DFMS_GATEWAY__PORT=9000).",
+             "# Sizes (*_bytes) accept units: 256KiB, 4MiB, 1GiB. Durations (*_s) are seconds.",
+             ""]
+    defaults = Config()
+    for section in dataclasses.fields(defaults):
+        lines.append(f"{section.name}:")
+        obj = getattr(defaults, section.name)
+        for f in dataclasses.fields(obj):
+            lines.append(f"  # {f.metadata['doc']}")
+            value = yaml.safe_dump({f.name: getattr(obj, f.name)}, default_flow_style=True)
+            lines.append(f"  {value.strip()[1:-1]}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""dfms.localstack"""

@@ -1,0 +1,319 @@
+"""`dfms up`: the whole local cluster, on loopback, with all data in one directory.
+
+Start order: PostgreSQL, Redis, the Kafka-API broker, the S3 nodes; then
+migrations, topics, signing keys, node and ring registration; then every DFMS
+service process. Stop order is the reverse. Endpoints are written to
+``<data dir>/cluster.json`` for scripts; the effective config the services run
+with is ``<data dir>/dfms.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from miniopy_async import Minio
+
+from dfms.config import Config, dump_yaml, load_config, mask_url
+from dfms.errors import ClusterLockedError, StackError
+from dfms.events.topics import ensure_topics
+from dfms.keys import ensure_keys
+from dfms.localstack import servers
+from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
+from dfms.localstack.supervisor import ManagedProcess, ProcessSpec, Supervisor
+from dfms.metadata import db
+from dfms.metadata.cluster_state import NodeSpec, register_nodes
+from dfms.metadata.migrate import migrate_up
+from dfms.runtime.logs import get_logger
+
+log = get_logger("up")
+
+CLUSTER_FILE = "cluster.json"
+CONFIG_FILE = "dfms.yaml"
+SECRETS_FILE = "secrets.json"
+LOCK_FILE = "up.lock"
+S3_ACCESS_KEY = "dfmsadmin"
+ZONES = ("zone-a", "zone-b", "zone-c")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    data_dir: Path
+    nodes: int = 3
+    gateway_port: int = 8080
+    config_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    """A DFMS service process: its CLI command and where its ops routes answer."""
+
+    name: str
+    command: str
+    port_key: tuple[str, str]  # (config section, field) of the port that serves /ready
+
+
+SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("gateway", "gateway", ("gateway", "port")),
+)
+
+
+@dataclass
+class ClusterInfo:
+    data_dir: Path
+    config_path: Path
+    gateway_url: str = ""
+    postgres: dict[str, Any] = field(default_factory=dict)
+    redis: dict[str, Any] = field(default_factory=dict)
+    kafka: dict[str, Any] = field(default_factory=dict)
+    s3_nodes: list[dict[str, Any]] = field(default_factory=list)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self, state: str, up_pid: int) -> dict[str, Any]:
+        return {"state": state, "pid": up_pid, "data_dir": str(self.data_dir),
+                "config_path": str(self.config_path), "gateway_url": self.gateway_url,
+                "postgres": self.postgres, "redis": self.redis, "kafka": self.kafka,
+                "s3_nodes": self.s3_nodes, "services": self.services, "ports": self.ports}
+
+
+def read_cluster_file(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / CLUSTER_FILE
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    tmp.replace(path)
+
+
+def _load_secrets(data_dir: Path) -> dict[str, str]:
+    path = data_dir / SECRETS_FILE
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    values = {name: secrets.token_urlsafe(24)
+              for name in ("postgres_password", "redis_password", "s3_secret_key")}
+    _write_private(path, json.dumps(values, indent=2))
+    return values
+
+
+class LocalCluster:
+    def __init__(self, opts: UpOptions, out: TextIO = sys.stdout) -> None:
+        self.opts = opts
+        self.data_dir = opts.data_dir.resolve()
+        self.out = out
+        self.supervisor = Supervisor(out)
+        self._lock_fh: IO[str] | None = None
+        self.info = ClusterInfo(self.data_dir, self.data_dir / CONFIG_FILE)
+        self.config: Config | None = None
+        self.ready_after_s: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> ClusterInfo:
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            await self._start_all()
+        except BaseException:
+            await self.stop()
+            raise
+        self.ready_after_s = time.monotonic() - started
+        self._write_cluster_file("ready")
+        return self.info
+
+    async def stop(self) -> None:
+        await self.supervisor.stop_all()
+        if self._lock_fh is not None:
+            self._write_cluster_file("stopped")
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def _lock(self) -> None:
+        fh = open(self.data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the cluster's life
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ClusterLockedError(
+                f"{self.data_dir} is already in use by another `dfms up` (pid {holder}); "
+                "stop it first or choose another --data-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
+
+    async def _start_all(self) -> None:
+        previous = read_cluster_file(self.data_dir).get("ports", {})
+        ports = PortAllocator(previous)
+        gw_port = self.opts.gateway_port
+        if gw_port and not port_is_free(gw_port):
+            raise StackError(f"gateway port {gw_port} is in use; pass --gateway-port "
+                             "with a free port (0 picks one)")
+        self.info.ports = ports.assigned
+        secret = _load_secrets(self.data_dir)
+        await self._start_postgres(ports, secret["postgres_password"])
+        await self._start_redis(ports, secret["redis_password"])
+        await self._start_kafka(ports)
+        await self._start_s3_nodes(ports, secret["s3_secret_key"])
+        self.config = self._write_config(ports, gw_port)
+        await self._bootstrap(self.config)
+        await self._start_services(self.config)
+
+    # -- servers --------------------------------------------------------------
+
+    async def _start_and_wait(self, spec: ProcessSpec, probe: Any) -> ManagedProcess:
+        mp = await self.supervisor.start(spec)
+        took = await servers.wait_ready(spec.name, probe, lambda: mp.running)
+        log.info("ready", extra={"proc": spec.name, "seconds": round(took, 2)})
+        return mp
+
+    async def _start_postgres(self, ports: PortAllocator, password: str) -> None:
+        pg_dir = self.data_dir / "postgres"
+        servers.check_postgres_not_running(pg_dir)
+        user = await asyncio.to_thread(servers.prepare_postgres, pg_dir, password)
+        port = ports.get("postgres")
+        mp = await self._start_and_wait(servers.postgres_spec(pg_dir, port, user),
+                                        lambda: servers.postgres_ready(port, password))
+        self.info.postgres = {"dsn": servers.postgres_dsn(port, password), "port": port,
+                              "pid": mp.pid}
+
+    async def _start_redis(self, ports: PortAllocator, password: str) -> None:
+        port = ports.get("redis")
+        url = servers.redis_url(port, password)
+        mp = await self._start_and_wait(
+            servers.redis_spec(self.data_dir / "redis", port, password),
+            lambda: servers.redis_ready(url))
+        self.info.redis = {"url": url, "port": port, "pid": mp.pid}
+
+    async def _start_kafka(self, ports: PortAllocator) -> None:
+        port = ports.get("kafka")
+        mp = await self._start_and_wait(servers.kafka_spec(port),
+                                        lambda: servers.tcp_ready(port))
+        self.info.kafka = {"bootstrap_servers": f"{LOOPBACK}:{port}", "port": port,
+                           "pid": mp.pid}
+
+    async def _start_s3_nodes(self, ports: PortAllocator, secret_key: str) -> None:
+        specs = []
+        for i in range(1, self.opts.nodes + 1):
+            node_id = f"node-{i}"
+            node_ports = servers.S3NodePorts(
+                **{p: ports.get(f"{node_id}.{p}") for p in servers.S3_NODE_PORTS})
+            spec = servers.s3_node_spec(node_id, self.data_dir / "s3" / node_id, node_ports,
+                                        S3_ACCESS_KEY, secret_key, "dfms-chunks")
+            specs.append((node_id, node_ports, spec))
+        procs = [await self.supervisor.start(spec) for _, _, spec in specs]
+        # Nodes start in parallel: each takes a few seconds and they do not depend on
+        # one another.
+        await asyncio.gather(*(
+            servers.wait_ready(node_id, self._bucket_probe(p.s3, secret_key),
+                               lambda mp=mp: mp.running)
+            for (node_id, p, _), mp in zip(specs, procs, strict=True)))
+        self.info.s3_nodes = [
+            {"id": node_id, "endpoint": f"http://{LOOPBACK}:{p.s3}", "zone": ZONES[i % 3],
+             "pid": mp.pid}
+            for i, ((node_id, p, _), mp) in enumerate(zip(specs, procs, strict=True))]
+
+    @staticmethod
+    def _bucket_probe(port: int, secret_key: str) -> Any:
+        async def probe() -> None:
+            client = Minio(f"{LOOPBACK}:{port}", access_key=S3_ACCESS_KEY,
+                           secret_key=secret_key, secure=False)
+            try:
+                if not await client.bucket_exists("dfms-chunks"):
+                    await client.make_bucket("dfms-chunks")
+            finally:
+                await client.close_session()
+        return probe
+
+    # -- configuration and bootstrap ---------------------------------------------
+
+    def _write_config(self, ports: PortAllocator, gateway_port: int) -> Config:
+        secret = _load_secrets(self.data_dir)
+        overrides: dict[str, dict[str, object]] = {
+            "postgres": {"dsn": self.info.postgres["dsn"]},
+            "redis": {"url": self.info.redis["url"]},
+            "kafka": {"bootstrap_servers": self.info.kafka["bootstrap_servers"]},
+            "s3": {"access_key": S3_ACCESS_KEY, "secret_key": secret["s3_secret_key"]},
+            "gateway": {"port": ports.get("gateway", gateway_port or None)},
+            "chunk_service": {"grpc_port": ports.get("chunk_service.grpc"),
+                              "ops_port": ports.get("chunk_service.ops")},
+            "auth": {"keys_dir": str(self.data_dir / "keys")},
+        }
+        cfg = load_config(self.opts.config_path, overrides=overrides)
+        _write_private(self.info.config_path, dump_yaml(cfg))
+        return cfg
+
+    async def _bootstrap(self, cfg: Config) -> None:
+        conn = await db.connect(cfg.postgres)
+        try:
+            applied = await migrate_up(conn)
+            log.info("migrations applied", extra={"count": len(applied)})
+            nodes = [NodeSpec(n["id"], n["endpoint"], n["zone"]) for n in self.info.s3_nodes]
+            epoch = await register_nodes(conn, nodes, bucket=cfg.s3.bucket)
+            log.info("nodes registered", extra={"nodes": len(nodes), "ring_epoch": epoch})
+        finally:
+            await conn.close()
+        created = await ensure_topics(cfg.kafka)
+        log.info("kafka topics", extra={"new_topics": ",".join(created) or "none"})
+        ensure_keys(Path(cfg.auth.keys_dir))
+
+    async def _start_services(self, cfg: Config) -> None:
+        env = {"DFMS_CONFIG": str(self.info.config_path), "PYTHONUNBUFFERED": "1"}
+        for svc in SERVICES:
+            section, fname = svc.port_key
+            port = getattr(getattr(cfg, section), fname)
+            url = f"http://{LOOPBACK}:{port}"
+            spec = ProcessSpec(name=svc.name, argv=[sys.executable, "-m", "dfms", svc.command],
+                               env=env, restart=True)
+            mp = await self.supervisor.start(spec)
+            took = await servers.wait_ready(svc.name,
+                                            lambda url=url: servers.http_ready(url),
+                                            lambda mp=mp: mp.running)
+            log.info("ready", extra={"proc": svc.name, "seconds": round(took, 2)})
+            self.info.services[svc.name] = {"ops_url": url, "pid": mp.pid}
+        self.info.gateway_url = self.info.services["gateway"]["ops_url"]
+
+    def _write_cluster_file(self, state: str) -> None:
+        for node, mp in ((n, self._proc(n["id"])) for n in self.info.s3_nodes):
+            node["pid"] = mp.pid if mp else None
+        doc = self.info.to_json(state, os.getpid())
+        _write_private(self.data_dir / CLUSTER_FILE, json.dumps(doc, indent=2) + "\n")
+
+    def _proc(self, name: str) -> ManagedProcess | None:
+        try:
+            return self.supervisor.get(name)
+        except KeyError:
+            return None
+
+    def endpoints_text(self) -> str:
+        lines = [f"  gateway      {self.info.gateway_url}"]
+        lines += [f"  {name:<12} {svc['ops_url']}/health" for name, svc in
+                  self.info.services.items()]
+        lines += [f"  postgres     {mask_url(self.info.postgres['dsn'])}",
+                  f"  redis        {mask_url(self.info.redis['url'])}",
+                  f"  kafka        {self.info.kafka['bootstrap_servers']}"]
+        lines += [f"  {n['id']:<12} {n['endpoint']}  ({n['zone']})" for n in self.info.s3_nodes]
+        lines.append(f"  endpoints and secrets: {self.data_dir / CLUSTER_FILE}")
+        return "\n".join(lines)

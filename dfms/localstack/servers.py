@@ -1,0 +1,238 @@
+"""The servers of the local cluster: how to prepare, start and probe each one.
+
+PostgreSQL refuses to run as root, so when ``dfms up`` runs as root the
+database runs as a dedicated system user (created on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+from dfms.errors import StackError
+from dfms.localstack import binaries
+from dfms.localstack.ports import LOOPBACK
+from dfms.localstack.supervisor import ProcessSpec
+
+PG_SYSTEM_USER = "dfms-postgres"
+PG_DB_USER = "dfms"
+PG_DB_NAME = "dfms"
+READY_TIMEOUT_S = 60.0
+
+
+# --- PostgreSQL --------------------------------------------------------------
+
+def _pg_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        PG_SYSTEM_USER], check=True, capture_output=True)
+    return PG_SYSTEM_USER
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let the PostgreSQL user reach ``path`` (search permission on each ancestor)."""
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def prepare_postgres(pg_dir: Path, password: str) -> str | None:
+    """initdb on first start; returns the system user PostgreSQL runs as (None = us)."""
+    user = _pg_user()
+    pg_dir.mkdir(parents=True, exist_ok=True)
+    if user:
+        _allow_traversal(pg_dir)
+        entry = pwd.getpwnam(user)
+        os.chown(pg_dir, entry.pw_uid, entry.pw_gid)
+    if (pg_dir / "PG_VERSION").exists():
+        return user
+    pwfile = pg_dir.parent / ".pgpass-init"
+    pwfile.write_text(password + "\n")
+    try:
+        if user:
+            entry = pwd.getpwnam(user)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        pwfile.chmod(0o600)
+        result = subprocess.run(
+            [str(binaries.postgres_bin_dir() / "initdb"), "-D", str(pg_dir), "-U", PG_DB_USER,
+             f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+             "--encoding=UTF8", "--locale=C"],
+            user=user, capture_output=True, text=True, check=False)
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise StackError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+    return user
+
+
+def check_postgres_not_running(pg_dir: Path) -> None:
+    pidfile = pg_dir / "postmaster.pid"
+    if not pidfile.exists():
+        return
+    try:
+        pid = int(pidfile.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return  # stale pid file; PostgreSQL removes it itself
+    except PermissionError:
+        pass
+    raise StackError(f"a PostgreSQL server (pid {pid}) is still running on {pg_dir}; "
+                     "stop it before starting the cluster")
+
+
+def postgres_spec(pg_dir: Path, port: int, user: str | None) -> ProcessSpec:
+    return ProcessSpec(
+        name="postgres",
+        argv=[str(binaries.postgres_bin_dir() / "postgres"), "-D", str(pg_dir),
+              "-c", f"port={port}", "-c", f"listen_addresses={LOOPBACK}",
+              "-c", "unix_socket_directories=", "-c", "max_connections=200",
+              "-c", "shared_buffers=128MB", "-c", "fsync=on",
+              "-c", "logging_collector=off", "-c", "log_min_messages=warning"],
+        user=user,
+        stop_signal=signal.SIGINT,  # "fast" shutdown: abort transactions, checkpoint, exit
+        stop_timeout_s=30.0)
+
+
+def postgres_dsn(port: int, password: str, db: str = PG_DB_NAME) -> str:
+    return f"postgresql://{PG_DB_USER}:{password}@{LOOPBACK}:{port}/{db}"
+
+
+async def postgres_ready(port: int, password: str) -> None:
+    conn = await asyncpg.connect(postgres_dsn(port, password, "postgres"), timeout=2)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DB_NAME)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{PG_DB_NAME}"')
+    finally:
+        await conn.close()
+
+
+# --- Redis -------------------------------------------------------------------
+
+def redis_spec(redis_dir: Path, port: int, password: str) -> ProcessSpec:
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    conf = redis_dir / "redis.conf"
+    # The password goes in a 0600 file, not on the command line where `ps` shows it.
+    conf.write_text(f"requirepass {password}\n")
+    conf.chmod(0o600)
+    return ProcessSpec(
+        name="redis",
+        argv=[str(binaries.redis_server()), str(conf), "--port", str(port), "--bind", LOOPBACK,
+              "--dir", str(redis_dir), "--appendonly", "yes", "--save", "60 1",
+              "--protected-mode", "yes", "--daemonize", "no"])
+
+
+def redis_url(port: int, password: str) -> str:
+    return f"redis://:{password}@{LOOPBACK}:{port}/0"
+
+
+async def redis_ready(url: str) -> None:
+    client = aioredis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+# --- Kafka API (Tansu) -------------------------------------------------------
+
+def kafka_spec(port: int) -> ProcessSpec:
+    url = f"tcp://{LOOPBACK}:{port}"
+    return ProcessSpec(
+        name="kafka",
+        argv=[str(binaries.tansu()), "broker", "--listener-url", url,
+              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
+
+
+async def tcp_ready(port: int) -> None:
+    _, writer = await asyncio.open_connection(LOOPBACK, port)
+    writer.close()
+    await writer.wait_closed()
+
+
+# --- S3 nodes (SeaweedFS `weed mini`) ------------------------------------------
+
+S3_NODE_PORTS = ("s3", "master", "volume", "filer", "admin")
+
+
+@dataclass(frozen=True)
+class S3NodePorts:
+    s3: int
+    master: int
+    volume: int
+    filer: int
+    admin: int
+
+    @property
+    def all(self) -> list[int]:
+        ports = [self.s3, self.master, self.volume, self.filer, self.admin]
+        return ports + [p + 10000 for p in ports]
+
+
+def s3_node_spec(node_id: str, node_dir: Path, ports: S3NodePorts, access_key: str,
+                 secret_key: str, bucket: str) -> ProcessSpec:
+    node_dir.mkdir(parents=True, exist_ok=True)
+
+    def pair(flag: str, port: int) -> list[str]:
+        return [f"-{flag}.port={port}", f"-{flag}.port.grpc={port + 10000}"]
+
+    argv = [str(binaries.weed()), "mini", f"-dir={node_dir}", f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}", *pair("master", ports.master),
+            *pair("volume", ports.volume), *pair("filer", ports.filer), *pair("s3", ports.s3),
+            *pair("admin", ports.admin), "-admin.ui=false", "-webdav=false",
+            "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-bucket={bucket}"]
+    return ProcessSpec(
+        name=node_id, argv=argv, cwd=str(node_dir),
+        env={"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key})
+
+
+async def http_answers(url: str) -> None:
+    """Ready when the server answers HTTP at all (S3 answers 403 to anonymous calls)."""
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        if resp.status >= 500:
+            raise StackError(f"{url} answered {resp.status}")
+
+
+async def wait_ready(name: str, probe: Callable[[], Awaitable[None]], alive: Callable[[], bool],
+                     timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Poll ``probe`` until it succeeds; fail fast if the process has died."""
+    start = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - start < timeout_s:
+        if not alive():
+            raise StackError(f"{name} exited during start-up (see its log lines above)")
+        try:
+            await probe()
+            return time.monotonic() - start
+        except Exception as exc:  # not up yet: keep polling until the deadline
+            last = exc
+        await asyncio.sleep(0.2)
+    raise StackError(f"{name} was not ready after {timeout_s:.0f}s: {last}")
+
+
+async def http_ready(base_url: str) -> None:
+    """Ready when the service's /ready answers 200."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            session.get(f"{base_url}/ready") as resp:
+        if resp.status != 200:
+            raise StackError(f"{base_url}/ready answered {resp.status}: {await resp.text()}")

@@ -1,0 +1,28 @@
+"""PostgreSQL access: pools and one-off connections built from the config."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from dfms.config import PostgresConfig
+from dfms.errors import DependencyUnavailable
+
+
+async def connect(cfg: PostgresConfig) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(cfg.dsn, timeout=cfg.connect_timeout_s,
+                                     command_timeout=cfg.command_timeout_s)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+
+
+async def create_pool(cfg: PostgresConfig) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(cfg.dsn, min_size=cfg.pool_min_size,
+                                         max_size=cfg.pool_max_size,
+                                         timeout=cfg.connect_timeout_s,
+                                         command_timeout=cfg.command_timeout_s)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+    assert pool is not None
+    return pool

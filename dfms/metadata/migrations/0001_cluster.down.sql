@@ -1,0 +1,2 @@
+DROP TABLE ring_state;
+DROP TABLE nodes;

@@ -1,0 +1,194 @@
+"""The service runtime every DFMS process uses.
+
+A ``Service`` has idempotent ``start()``/``stop()`` and readiness checks.
+``run_service`` wires logging, the ops server and SIGINT/SIGTERM handling:
+the first signal starts a graceful stop (in-flight work gets
+``ops.shutdown_grace_s`` to finish, then is cancelled), a second one exits at
+once. ``BackgroundService`` is Swift's daemon shape: ``run_once()`` does one
+pass and returns its counters; ``run_forever(interval)`` repeats it, and a
+failing pass is logged and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from dfms.config import Config
+from dfms.runtime.logs import get_logger, setup_logging
+from dfms.runtime.ops import OpsServer, ReadyCheck
+
+PASSES = Counter("dfms_service_passes_total", "Background passes run", ["service", "outcome"])
+PASS_SECONDS = Histogram("dfms_service_pass_seconds", "Duration of one background pass",
+                         ["service"])
+PASS_ITEMS = Counter("dfms_service_pass_items_total", "Items handled by background passes",
+                     ["service", "counter"])
+UP = Gauge("dfms_service_up", "1 while the service is running", ["service"])
+
+
+class Service(abc.ABC):
+    """A long-running component with an idempotent lifecycle."""
+
+    name: str = "service"
+
+    def __init__(self) -> None:
+        self.log = get_logger(self.name)
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self._start()
+        self._started = True
+        UP.labels(self.name).set(1)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        UP.labels(self.name).set(0)
+        await self._stop()
+
+    @abc.abstractmethod
+    async def _start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _stop(self) -> None: ...
+
+    def ready_checks(self) -> Mapping[str, ReadyCheck]:
+        return {}
+
+    @property
+    def ops_port(self) -> int | None:
+        """Port for a separate ops server; None when the service serves ops itself."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+@dataclass
+class PassStats:
+    """Counters of one background pass; each becomes a metric."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+
+class BackgroundService(Service):
+    """A service whose work is a repeated pass: ``run_once`` / ``run_forever``."""
+
+    interval_s: float = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    @abc.abstractmethod
+    async def run_once(self) -> PassStats: ...
+
+    async def run_forever(self, interval_s: float) -> None:
+        while True:
+            await self._timed_pass()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self._wake.wait()
+
+    def trigger(self) -> None:
+        """Run the next pass now instead of waiting out the interval."""
+        self._wake.set()
+
+    async def _timed_pass(self) -> None:
+        start = time.perf_counter()
+        try:
+            stats = await self.run_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            PASSES.labels(self.name, "error").inc()
+            self.log.exception("pass failed")
+            return
+        elapsed = time.perf_counter() - start
+        PASS_SECONDS.labels(self.name).observe(elapsed)
+        PASSES.labels(self.name, "ok" if stats.errors == 0 else "partial").inc()
+        for counter, amount in stats.counters.items():
+            PASS_ITEMS.labels(self.name, counter).inc(amount)
+        self.log.info("pass done", extra={"seconds": round(elapsed, 3), **stats.counters,
+                                          "errors": stats.errors})
+
+    async def _start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run_forever(self.interval_s),
+                                              name=f"{self.name}-loop")
+
+    async def _stop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def run_service(service: Service, config: Config) -> int:
+    """Run ``service`` until SIGINT/SIGTERM; returns the process exit code."""
+    log = get_logger(service.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting now")
+            raise SystemExit(130)
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    ops: OpsServer | None = None
+    try:
+        await service.start()
+        if service.ops_port is not None:
+            ops = OpsServer(service.name, config.ops.host, service.ops_port,
+                            service.ready_checks())
+            await ops.start()
+            log.info("ops server listening", extra={"port": ops.bound_port})
+        log.info("started")
+        await stop.wait()
+    finally:
+        try:
+            async with asyncio.timeout(config.ops.shutdown_grace_s):
+                await service.stop()
+        except TimeoutError:
+            log.warning("in-flight work did not finish within the grace period; cancelled")
+        if ops is not None:
+            await ops.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+def main_for(service: Service, config: Config) -> int:
+    setup_logging(config.logging.level, config.logging.format)
+    return asyncio.run(run_service(service, config))

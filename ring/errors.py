@@ -1,0 +1,13 @@
+"""The ring's exception tree: catch ``RingError`` for anything ring-related."""
+
+
+class RingError(Exception):
+    """Base class of every error raised by ``dfms.ring``."""
+
+
+class InvalidRing(RingError, ValueError):
+    """Ring data (or a change to it) breaks a rule; the message names the rule."""
+
+
+class RingConflict(RingError):
+    """A ring was saved against a stale epoch: someone else saved first."""
