@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from dfms.chunker import ChunkerParams, InvalidChunkerParams
 from dfms.errors import ConfigError
 
 KIB = 1024
@@ -80,7 +81,7 @@ class ChunkerConfig:
     algorithm: str = opt("fastcdc", "content-defined chunker", choices=("fastcdc", "rabin"))
     min_size_bytes: int = opt(256 * KIB, "smallest chunk (except a file's last)", lo=64)
     avg_size_bytes: int = opt(1 * MIB, "target average chunk size", lo=256)
-    max_size_bytes: int = opt(4 * MIB, "largest chunk", lo=1024, hi=64 * MIB)
+    max_size_bytes: int = opt(4 * MIB, "largest chunk", lo=1024, hi=16 * MIB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +219,20 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError("chunker.avg_size_bytes", ch.avg_size_bytes,
                           f"must lie strictly between min_size_bytes ({ch.min_size_bytes}) "
                           f"and max_size_bytes ({ch.max_size_bytes})")
+    try:
+        chunker_params(ch)
+    except InvalidChunkerParams as exc:
+        raise ConfigError(f"chunker.{exc.param}_bytes", exc.value, exc.allowed) from exc
     pg = cfg.postgres
     if pg.pool_min_size > pg.pool_max_size:
         raise ConfigError("postgres.pool_min_size", pg.pool_min_size,
                           f"must be <= postgres.pool_max_size ({pg.pool_max_size})")
+
+
+def chunker_params(ch: ChunkerConfig) -> ChunkerParams:
+    """The chunker's own parameter object, validated by the chunker's rules."""
+    return ChunkerParams(ch.algorithm, ch.min_size_bytes, ch.avg_size_bytes,
+                         ch.max_size_bytes).validate()
 
 
 def _merge(base: dict[str, dict[str, object]], layer: Mapping[str, object], origin: str) -> None:

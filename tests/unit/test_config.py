@@ -52,6 +52,7 @@ def test_config_is_frozen() -> None:
     ({"DFMS_GATEWAY__PROT": "1"}, "gateway.prot", "unknown option"),
     ({"DFMS_GATWAY__PORT": "1"}, "gatway", "unknown section"),
     ({"DFMS_GATEWAY__PORT": "4MiB"}, "gateway.port", "expected an integer"),
+    ({"DFMS_CHUNKER__AVG_SIZE_BYTES": "1000000"}, "chunker.avg_size_bytes", "power of two"),
 ])
 def test_invalid_values_name_key_value_and_what_is_allowed(
         env: dict[str, str], key: str, fragment: str) -> None:

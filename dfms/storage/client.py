@@ -1,0 +1,191 @@
+"""An S3 node client on miniopy-async with pooled connections, timeouts and retries.
+
+Chunk objects live in one bucket under ``hh/hh/<sha256>`` (the first two
+byte-pairs of the hex digest fan the keys out). Idempotent calls (GET, HEAD,
+DELETE, and PUT of content-addressed bytes) are retried with exponential
+backoff on connection errors, timeouts and 5xx answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from miniopy_async import Minio
+from miniopy_async.error import InvalidResponseError, S3Error, ServerError
+from prometheus_client import Counter, Histogram
+
+from dfms.config import S3Config
+from dfms.storage.errors import NodeUnavailable, ObjectNotFound, StorageError, StorageRejected
+
+T = TypeVar("T")
+
+_SHA_HEADER = "x-amz-content-sha256"
+_NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+RETRY_BASE_DELAY_S = 0.1
+RETRY_MAX_DELAY_S = 2.0
+POOL_CONNECTIONS_PER_NODE = 32
+
+S3_REQUESTS = Counter("dfms_s3_requests_total", "Requests to storage nodes",
+                      ["node", "op", "outcome"])
+S3_SECONDS = Histogram("dfms_s3_request_seconds", "Latency of storage-node requests",
+                       ["node", "op"], buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1,
+                                                2.5, 5, 10, 30))
+S3_BYTES = Counter("dfms_s3_bytes_total", "Bytes moved to and from storage nodes",
+                   ["node", "direction"])
+
+
+def chunk_key(sha256_hex: str) -> str:
+    return f"{sha256_hex[0:2]}/{sha256_hex[2:4]}/{sha256_hex}"
+
+
+class _Minio(Minio):
+    """Minio that signs a PUT with a payload hash the caller already knows.
+
+    Over plain HTTP, SigV4 needs the payload's SHA-256, and miniopy computes it
+    again for every request. A chunk's key *is* its SHA-256, so passing it saves
+    a hash per replica, and the node can check the body against it.
+    """
+
+    async def _build_headers(self, host: str, headers: Any, body: Any,
+                             creds: Any) -> tuple[dict[str, str], Any]:
+        known = dict(headers or {}).get(_SHA_HEADER)
+        if known is None or not creds or not isinstance(body, bytes | bytearray):
+            return await super()._build_headers(host, headers, body, creds)
+        built, date = await super()._build_headers(host, headers, None, creds)
+        built["Content-Length"] = str(len(body))
+        built[_SHA_HEADER] = known
+        return built, date
+
+
+class NodeClient:
+    """Talks to one S3 node. Use as an async context manager or call close()."""
+
+    def __init__(self, node_id: str, endpoint: str, cfg: S3Config) -> None:
+        self.node_id = node_id
+        self.endpoint = endpoint
+        self.bucket = cfg.bucket
+        self._cfg = cfg
+        secure = endpoint.startswith("https://")
+        host = endpoint.split("://", 1)[-1].rstrip("/")
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, cfg.request_timeout_s),
+                                        sock_read=cfg.request_timeout_s)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS_PER_NODE), timeout=timeout)
+        self._minio = _Minio(host, access_key=cfg.access_key, secret_key=cfg.secret_key,
+                             secure=secure, region=cfg.region, session=self._session)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- calls -------------------------------------------------------------------
+
+    async def put(self, key: str, data: bytes, sha256_hex: str | None = None) -> None:
+        headers = {_SHA_HEADER: sha256_hex} if sha256_hex else {}
+
+        async def call() -> None:
+            if headers:
+                await self._minio._put_object(self.bucket, key, data, headers)
+            else:
+                await self._minio.put_object(self.bucket, key, io.BytesIO(data), len(data))
+
+        await self._retrying("put", call)
+        S3_BYTES.labels(self.node_id, "out").inc(len(data))
+
+    async def get(self, key: str, offset: int = 0, length: int = 0) -> bytes:
+        """The object's bytes; ``length=0`` means to the end."""
+
+        async def call() -> bytes:
+            resp = await self._minio.get_object(self.bucket, key, offset=offset, length=length)
+            try:
+                return await resp.read()
+            finally:
+                resp.release()
+
+        data = await self._retrying("get", call)
+        S3_BYTES.labels(self.node_id, "in").inc(len(data))
+        return data
+
+    async def head(self, key: str) -> int:
+        """The object's size; ObjectNotFound if it is absent."""
+        stat = await self._retrying("head", lambda: self._minio.stat_object(self.bucket, key))
+        return int(stat.size or 0)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def delete(self, key: str) -> None:
+        await self._retrying("delete", lambda: self._minio.remove_object(self.bucket, key))
+
+    async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
+        """``(key, size)`` of every object under ``prefix``."""
+        try:
+            async for obj in self._minio.list_objects(self.bucket, prefix=prefix,
+                                                      recursive=True):
+                yield str(obj.object_name), int(obj.size or 0)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    async def ping(self) -> None:
+        await self._retrying("ping", lambda: self._minio.bucket_exists(self.bucket), retries=0)
+
+    # -- plumbing ----------------------------------------------------------------
+
+    async def _retrying(self, op: str, call: Callable[[], Awaitable[T]],
+                        retries: int | None = None) -> T:
+        attempts = (self._cfg.max_retries if retries is None else retries) + 1
+        for attempt in range(attempts):
+            start = time.perf_counter()
+            try:
+                async with asyncio.timeout(self._cfg.request_timeout_s):
+                    result = await call()
+            except Exception as exc:
+                error = self._translate(exc)
+                S3_REQUESTS.labels(self.node_id, op, type(error).__name__).inc()
+                if not isinstance(error, NodeUnavailable) or attempt == attempts - 1:
+                    raise error from exc
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            S3_SECONDS.labels(self.node_id, op).observe(time.perf_counter() - start)
+            S3_REQUESTS.labels(self.node_id, op, "ok").inc()
+            return result
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2**attempt)
+        return delay * (0.5 + random.random() / 2)  # jitter keeps retries from aligning
+
+    def _translate(self, exc: BaseException) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, S3Error):
+            if exc.code in _NOT_FOUND:
+                return ObjectNotFound(self.node_id, f"{exc.code}: {exc.message}")
+            status = exc.response.status if exc.response is not None else 0
+            if status >= 500 or exc.code in {"SlowDown", "InternalError", "ServiceUnavailable"}:
+                return NodeUnavailable(self.node_id, f"{exc.code}: {exc.message}")
+            return StorageRejected(self.node_id, f"{exc.code}: {exc.message}")
+        if isinstance(exc, ServerError | InvalidResponseError):
+            status = getattr(exc, "_status_code", None) or getattr(exc, "_code", 0)
+            if isinstance(status, int) and status == 404:
+                return ObjectNotFound(self.node_id, str(exc))
+            return NodeUnavailable(self.node_id, f"server error: {exc}")
+        if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+            return NodeUnavailable(self.node_id, f"{type(exc).__name__}: {exc}")
+        return StorageError(self.node_id, f"{type(exc).__name__}: {exc}")
