@@ -40,5 +40,10 @@ integration: install
 bench: install
 	$(BIN)/python benchmarks/bench_chunker.py
 
+## Regenerate the gRPC code from dfms/proto/chunk.proto (the output is committed).
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+		dfms/proto/chunk.proto
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

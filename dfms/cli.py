@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dfms.config import Config, dump_yaml, load_config, sample_yaml
+from dfms.config import Config, dump_yaml, load_config, markdown_table, sample_yaml
 from dfms.errors import ConfigError, DfmsError
 from dfms.runtime.logs import setup_logging
 
@@ -85,6 +85,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return main_for(GatewayService(cfg), cfg)
 
 
+def cmd_chunk_service(args: argparse.Namespace) -> int:
+    from dfms.chunkservice.service import ChunkService
+    from dfms.runtime.service import main_for
+
+    cfg = resolve_config(args)
+    return main_for(ChunkService(cfg), cfg)
+
+
 # --- migrate -------------------------------------------------------------------
 
 async def _migrate(args: argparse.Namespace) -> int:
@@ -117,6 +125,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return asyncio.run(_migrate(args))
 
 
+# --- cluster control ------------------------------------------------------------------
+
+async def _cluster(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from dfms.localstack.cluster import read_cluster_file
+    from dfms.localstack.control import TOKEN_HEADER
+
+    info = read_cluster_file(_data_dir(args))
+    control = info.get("control") or {}
+    if info.get("state") != "ready" or not control:
+        raise DfmsError(f"no running cluster in {_data_dir(args)} (start it with `dfms up`)")
+    headers = {TOKEN_HEADER: control["token"]}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        if args.action == "ps":
+            async with http.get(f"{control['url']}/processes") as resp:
+                for name, state in (await resp.json()).items():
+                    print(f"{name:<18} {'running' if state['running'] else 'stopped':<8} "
+                          f"pid {state['pid']}")
+            return 0
+        if not args.name:
+            raise DfmsError(f"`dfms cluster {args.action}` needs a process name (see `ps`)")
+        async with http.post(f"{control['url']}/processes/{args.name}/{args.action}") as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise DfmsError(f"{args.action} {args.name}: {body.get('error')}")
+            print(f"{args.action} {args.name}: {body}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    return asyncio.run(_cluster(args))
+
+
 # --- keys and config ---------------------------------------------------------------
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -131,6 +173,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "sample":
         sys.stdout.write(sample_yaml())
+    elif args.action == "markdown":
+        sys.stdout.write(markdown_table())
     else:
         sys.stdout.write(dump_yaml(resolve_config(args), mask_secrets=True))
     return 0
@@ -155,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     gw.set_defaults(func=cmd_gateway)
 
+    cs = sub.add_parser("chunk-service", help="run the gRPC chunk service")
+    cs.set_defaults(func=cmd_chunk_service)
+
+    clu = sub.add_parser("cluster", help="list, stop, kill or start processes of `dfms up`")
+    clu.add_argument("action", choices=("ps", "stop", "kill", "start"))
+    clu.add_argument("name", nargs="?", help="process name, e.g. node-2")
+    clu.set_defaults(func=cmd_cluster)
+
     mig = sub.add_parser("migrate", help="apply, revert or list schema migrations")
     mig.add_argument("action", choices=("up", "down", "status"))
     mig.add_argument("--to", type=int, help="up: stop at this version")
@@ -167,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_keys)
 
     conf = sub.add_parser("config", help="show the effective config or a sample file")
-    conf.add_argument("action", choices=("show", "sample"))
+    conf.add_argument("action", choices=("show", "sample", "markdown"))
     conf.set_defaults(func=cmd_config)
     return parser
 

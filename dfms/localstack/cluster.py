@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from aiohttp import web
 from miniopy_async import Minio
 
 from dfms.config import Config, dump_yaml, load_config, mask_url
@@ -27,6 +28,7 @@ from dfms.errors import ClusterLockedError, StackError
 from dfms.events.topics import ensure_topics
 from dfms.keys import ensure_keys
 from dfms.localstack import servers
+from dfms.localstack.control import build_control_app
 from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
 from dfms.localstack.supervisor import ManagedProcess, ProcessSpec, Supervisor
 from dfms.metadata import db
@@ -59,9 +61,13 @@ class ServiceDef:
     name: str
     command: str
     port_key: tuple[str, str]  # (config section, field) of the port that serves /ready
+    grpc_port_key: tuple[str, str] | None = None
 
 
+# Started in this order (each waits for the previous to be ready), stopped in reverse.
 SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("chunk-service", "chunk-service", ("chunk_service", "ops_port"),
+               grpc_port_key=("chunk_service", "grpc_port")),
     ServiceDef("gateway", "gateway", ("gateway", "port")),
 )
 
@@ -77,9 +83,11 @@ class ClusterInfo:
     s3_nodes: list[dict[str, Any]] = field(default_factory=list)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    control: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, state: str, up_pid: int) -> dict[str, Any]:
         return {"state": state, "pid": up_pid, "data_dir": str(self.data_dir),
+                "control": self.control,
                 "config_path": str(self.config_path), "gateway_url": self.gateway_url,
                 "postgres": self.postgres, "redis": self.redis, "kafka": self.kafka,
                 "s3_nodes": self.s3_nodes, "services": self.services, "ports": self.ports}
@@ -123,6 +131,8 @@ class LocalCluster:
         self.info = ClusterInfo(self.data_dir, self.data_dir / CONFIG_FILE)
         self.config: Config | None = None
         self.ready_after_s: float | None = None
+        self._control: web.AppRunner | None = None
+        self._probes: dict[str, Any] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -140,6 +150,9 @@ class LocalCluster:
         return self.info
 
     async def stop(self) -> None:
+        if self._control is not None:
+            await self._control.cleanup()
+            self._control = None
         await self.supervisor.stop_all()
         if self._lock_fh is not None:
             self._write_cluster_file("stopped")
@@ -180,10 +193,21 @@ class LocalCluster:
         self.config = self._write_config(ports, gw_port)
         await self._bootstrap(self.config)
         await self._start_services(self.config)
+        await self._start_control(ports)
+
+    async def _start_control(self, ports: PortAllocator) -> None:
+        token = secrets.token_urlsafe(24)
+        self._control = web.AppRunner(
+            build_control_app(self.supervisor, token, self._probes), access_log=None)
+        await self._control.setup()
+        port = ports.get("control")
+        await web.TCPSite(self._control, LOOPBACK, port).start()
+        self.info.control = {"url": f"http://{LOOPBACK}:{port}", "token": token}
 
     # -- servers --------------------------------------------------------------
 
     async def _start_and_wait(self, spec: ProcessSpec, probe: Any) -> ManagedProcess:
+        self._probes[spec.name] = probe
         mp = await self.supervisor.start(spec)
         took = await servers.wait_ready(spec.name, probe, lambda: mp.running)
         log.info("ready", extra={"proc": spec.name, "seconds": round(took, 2)})
@@ -223,13 +247,14 @@ class LocalCluster:
             spec = servers.s3_node_spec(node_id, self.data_dir / "s3" / node_id, node_ports,
                                         S3_ACCESS_KEY, secret_key, "dfms-chunks")
             specs.append((node_id, node_ports, spec))
+        for node_id, node_ports, _ in specs:
+            self._probes[node_id] = self._bucket_probe(node_ports.s3, secret_key)
         procs = [await self.supervisor.start(spec) for _, _, spec in specs]
         # Nodes start in parallel: each takes a few seconds and they do not depend on
         # one another.
         await asyncio.gather(*(
-            servers.wait_ready(node_id, self._bucket_probe(p.s3, secret_key),
-                               lambda mp=mp: mp.running)
-            for (node_id, p, _), mp in zip(specs, procs, strict=True)))
+            servers.wait_ready(node_id, self._probes[node_id], lambda mp=mp: mp.running)
+            for (node_id, _, _), mp in zip(specs, procs, strict=True)))
         self.info.s3_nodes = [
             {"id": node_id, "endpoint": f"http://{LOOPBACK}:{p.s3}", "zone": ZONES[i % 3],
              "pid": mp.pid}
@@ -259,6 +284,7 @@ class LocalCluster:
             "gateway": {"port": ports.get("gateway", gateway_port or None)},
             "chunk_service": {"grpc_port": ports.get("chunk_service.grpc"),
                               "ops_port": ports.get("chunk_service.ops")},
+            "chunk_client": {"target": f"{LOOPBACK}:{ports.assigned['chunk_service.grpc']}"},
             "auth": {"keys_dir": str(self.data_dir / "keys")},
         }
         cfg = load_config(self.opts.config_path, overrides=overrides)
@@ -287,12 +313,16 @@ class LocalCluster:
             url = f"http://{LOOPBACK}:{port}"
             spec = ProcessSpec(name=svc.name, argv=[sys.executable, "-m", "dfms", svc.command],
                                env=env, restart=True)
+            self._probes[svc.name] = lambda url=url: servers.http_ready(url)
             mp = await self.supervisor.start(spec)
-            took = await servers.wait_ready(svc.name,
-                                            lambda url=url: servers.http_ready(url),
+            took = await servers.wait_ready(svc.name, self._probes[svc.name],
                                             lambda mp=mp: mp.running)
             log.info("ready", extra={"proc": svc.name, "seconds": round(took, 2)})
             self.info.services[svc.name] = {"ops_url": url, "pid": mp.pid}
+            if svc.grpc_port_key:
+                section, fname = svc.grpc_port_key
+                grpc_port = getattr(getattr(cfg, section), fname)
+                self.info.services[svc.name]["grpc_target"] = f"{LOOPBACK}:{grpc_port}"
         self.info.gateway_url = self.info.services["gateway"]["ops_url"]
 
     def _write_cluster_file(self, state: str) -> None:

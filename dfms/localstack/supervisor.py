@@ -75,6 +75,7 @@ class ManagedProcess:
         return self.proc is not None and self.proc.returncode is None
 
     async def start(self) -> None:
+        self._stopping = False
         env = {**os.environ, **self.spec.env}
         self.proc = await asyncio.create_subprocess_exec(
             *self.spec.argv, env=env, cwd=self.spec.cwd, user=self.spec.user,
@@ -120,12 +121,13 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
 
-    async def stop(self) -> int | None:
+    async def stop(self, sig: int | None = None) -> int | None:
+        """Stop on purpose (not reported as a death); ``sig`` overrides the spec's signal."""
         self._stopping = True
         proc = self.proc
         if proc is None:
             return None
-        self._signal_group(self.spec.stop_signal)
+        self._signal_group(self.spec.stop_signal if sig is None else sig)
         try:
             async with asyncio.timeout(self.spec.stop_timeout_s):
                 await proc.wait()

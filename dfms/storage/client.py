@@ -91,7 +91,8 @@ class NodeClient:
 
     # -- calls -------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes, sha256_hex: str | None = None) -> None:
+    async def put(self, key: str, data: bytes, sha256_hex: str | None = None, *,
+                  retries: int | None = None) -> None:
         headers = {_SHA_HEADER: sha256_hex} if sha256_hex else {}
 
         async def call() -> None:
@@ -100,10 +101,11 @@ class NodeClient:
             else:
                 await self._minio.put_object(self.bucket, key, io.BytesIO(data), len(data))
 
-        await self._retrying("put", call)
+        await self._retrying("put", call, retries)
         S3_BYTES.labels(self.node_id, "out").inc(len(data))
 
-    async def get(self, key: str, offset: int = 0, length: int = 0) -> bytes:
+    async def get(self, key: str, offset: int = 0, length: int = 0, *,
+                  retries: int | None = None) -> bytes:
         """The object's bytes; ``length=0`` means to the end."""
 
         async def call() -> bytes:
@@ -113,7 +115,7 @@ class NodeClient:
             finally:
                 resp.release()
 
-        data = await self._retrying("get", call)
+        data = await self._retrying("get", call, retries)
         S3_BYTES.labels(self.node_id, "in").inc(len(data))
         return data
 

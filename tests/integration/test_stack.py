@@ -217,6 +217,11 @@ def test_cli_reads_the_cluster_config(cluster: ClusterHandle) -> None:
     secret = cluster.config.s3.secret_key
     assert secret and secret not in shown.stdout
     assert "***" in shown.stdout
+    if cluster.proc is not None:
+        ps = subprocess.run([*run, "cluster", "ps"], capture_output=True, text=True,
+                            timeout=60, check=True)
+        assert {"postgres", "node-1", "chunk-service", "gateway"} <= {
+            line.split()[0] for line in ps.stdout.splitlines() if "running" in line}
 
 
 async def _write_marks(info: dict[str, object], secret_key: str, mark: str) -> None:

@@ -56,6 +56,21 @@ class ClusterHandle:
     def config(self) -> Config:
         return load_config(self.data_dir / "dfms.yaml", env={})
 
+    @property
+    def chunk_target(self) -> str:
+        return str(self.info["services"]["chunk-service"]["grpc_target"])
+
+    async def control(self, action: str, name: str) -> dict[str, Any]:
+        """Stop, kill or start one process of the running `dfms up`."""
+        import aiohttp
+
+        ctl = self.info["control"]
+        async with aiohttp.ClientSession(headers={"X-DFMS-Control-Token": ctl["token"]}) as s, \
+                s.post(f"{ctl['url']}/processes/{name}/{action}") as resp:
+            body = dict(await resp.json())
+            assert resp.status == 200, body
+            return body
+
     def pids(self) -> list[int]:
         info = self.info
         pids = [info["postgres"]["pid"], info["redis"]["pid"], info["kafka"]["pid"]]

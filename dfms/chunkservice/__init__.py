@@ -1,0 +1,1 @@
+"""The chunk service: chunking, dedup, quorum replication and verified reads (grpc.aio)."""

@@ -1,0 +1,134 @@
+"""Async client of the chunk service, used by the gateway, tools and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from dfms.chunkservice.errors import ChunkServiceError
+from dfms.chunkservice.pipeline import ChunkEntry, UploadSummary
+from dfms.chunkservice.service import GRPC_MESSAGE_LIMIT_BYTES
+from dfms.chunkservice.status import ERROR_TYPE_KEY, ERROR_TYPES
+from dfms.errors import DependencyUnavailable
+from dfms.proto import chunk_pb2 as pb
+from dfms.proto import chunk_pb2_grpc as pb_grpc
+
+DEFAULT_FRAME_BYTES = 1024 * 1024  # 1 MiB
+
+
+def _translate(err: grpc.aio.AioRpcError) -> Exception:
+    trailers = dict(err.trailing_metadata() or ())
+    cls = ERROR_TYPES.get(str(trailers.get(ERROR_TYPE_KEY, "")))
+    if cls is not None:
+        return cls(err.details() or "")
+    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return DependencyUnavailable(f"chunk service unreachable: {err.details()}")
+    return ChunkServiceError(f"chunk service failed: {err.code().name}: {err.details()}")
+
+
+async def reframe(frames: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Regroup a stream into frames of ``size`` bytes (the last may be shorter)."""
+    buf = bytearray()
+    async for piece in frames:
+        if not buf and len(piece) == size:
+            yield bytes(piece)
+            continue
+        buf += piece
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def _summary(result: pb.UploadResult) -> UploadSummary:
+    return UploadSummary(
+        chunks=[ChunkEntry(bytes(c.sha256), c.offset, c.size) for c in result.chunks],
+        total_size=result.total_size, sha256=bytes(result.sha256),
+        new_chunks=result.new_chunks, dedup_chunks=result.dedup_chunks,
+        new_bytes=result.new_bytes, dedup_bytes=result.dedup_bytes,
+        under_replicated_chunks=result.under_replicated_chunks)
+
+
+class ChunkClient:
+    def __init__(self, target: str, *, frame_size_bytes: int = DEFAULT_FRAME_BYTES,
+                 connect_timeout_s: float = 10.0) -> None:
+        self.target = target
+        self._frame = frame_size_bytes
+        self._connect_timeout_s = connect_timeout_s
+        self._channel = grpc.aio.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT_BYTES),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT_BYTES)])
+        self._stub = pb_grpc.ChunkServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def wait_ready(self) -> None:
+        try:
+            await self._channel.channel_ready()
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err
+
+    async def upload(self, frames: AsyncIterable[bytes], *, upload_id: str = "",
+                     owner_id: str = "", max_size: int = 0, expected_sha256: bytes = b"",
+                     expected_size: int = -1) -> UploadSummary:
+        context = pb.UploadContext(upload_id=upload_id, owner_id=owner_id, max_size=max_size,
+                                   expected_sha256=expected_sha256, expected_size=expected_size)
+
+        async def requests() -> AsyncIterator[pb.UploadFrame]:
+            yield pb.UploadFrame(context=context)
+            async for frame in reframe(frames, self._frame):
+                yield pb.UploadFrame(data=frame)
+
+        try:
+            result = await self._stub.Upload(requests(), wait_for_ready=True,
+                                             timeout=None)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err
+        return _summary(result)
+
+    async def download(self, *, manifest_id: str | None = None,
+                       chunks: Sequence[ChunkEntry] | None = None, offset: int = 0,
+                       length: int = -1) -> AsyncIterator[bytes]:
+        if (manifest_id is None) == (chunks is None):
+            raise ValueError("pass exactly one of manifest_id and chunks")
+        request = pb.DownloadRequest(offset=offset, length=length)
+        if manifest_id is not None:
+            request.manifest_id = manifest_id
+        else:
+            assert chunks is not None
+            request.chunks.chunks.extend(
+                pb.ChunkRef(sha256=c.sha256, offset=c.offset, size=c.size) for c in chunks)
+        call = self._stub.Download(request, wait_for_ready=True)
+        try:
+            async for frame in call:
+                yield frame.data
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err
+        finally:
+            call.cancel()
+
+    async def has_chunks(self, digests: Sequence[bytes]) -> list[bool]:
+        try:
+            resp = await self._stub.HasChunks(pb.HasChunksRequest(sha256=list(digests)),
+                                              timeout=self._connect_timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err
+        return list(resp.present)
+
+    async def stat(self) -> pb.StatResponse:
+        try:
+            return await self._stub.Stat(pb.StatRequest(), timeout=self._connect_timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err

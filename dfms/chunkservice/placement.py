@@ -1,0 +1,120 @@
+"""Where chunks go: the ring, the nodes' states and one client per node.
+
+All of it is re-read from PostgreSQL every ``node_refresh_interval_s`` so a
+ring change or a node marked down by the health monitor reaches every
+chunk-service instance without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from dfms.chunkservice.errors import NoRing
+from dfms.config import S3Config
+from dfms.ring import Ring
+from dfms.ring.store import RingWatcher
+from dfms.runtime.logs import get_logger
+from dfms.storage import NodeClient
+
+log = get_logger("chunk_service.placement")
+
+_NODES = "SELECT id, endpoint, zone, health, admin_state FROM nodes"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    endpoint: str
+    zone: str
+    health: str
+    admin_state: str
+
+    @property
+    def usable(self) -> bool:
+        return self.health != "down" and self.admin_state != "removed"
+
+
+class Placement:
+    def __init__(self, pool: asyncpg.Pool, s3: S3Config, refresh_interval_s: float) -> None:
+        self._pool = pool
+        self._s3 = s3
+        self._interval_s = refresh_interval_s
+        self._watcher = RingWatcher(pool, poll_interval_s=refresh_interval_s)
+        self.nodes: dict[str, NodeInfo] = {}
+        self._clients: dict[str, NodeClient] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="placement-refresh")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.refresh()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("refresh failed; keeping the last view", extra={"error": str(exc)})
+
+    async def refresh(self) -> None:
+        await self._watcher.refresh()
+        rows = await self._pool.fetch(_NODES)
+        nodes = {r["id"]: NodeInfo(r["id"], r["endpoint"], r["zone"], r["health"],
+                                   r["admin_state"]) for r in rows}
+        for node_id, info in nodes.items():
+            client = self._clients.get(node_id)
+            if client is not None and client.endpoint != info.endpoint:
+                await client.close()
+                client = None
+            if client is None:
+                self._clients[node_id] = NodeClient(node_id, info.endpoint, self._s3)
+        for gone in set(self._clients) - set(nodes):
+            await self._clients.pop(gone).close()
+        self.nodes = nodes
+
+    @property
+    def ring(self) -> Ring:
+        ring = self._watcher.ring
+        if ring is None:
+            raise NoRing("no ring is stored yet; register nodes first (`dfms up` does)")
+        return ring
+
+    def is_up(self, node_id: str) -> bool:
+        info = self.nodes.get(node_id)
+        return info is not None and info.usable
+
+    def client(self, node_id: str) -> NodeClient:
+        return self._clients[node_id]
+
+    def write_targets(self, sha256_hex: str, n: int) -> list[str]:
+        """n up nodes: primaries, with handoff nodes standing in for down ones."""
+        return self.ring.nodes_for(sha256_hex, n, self.is_up)
+
+    def read_order(self, sha256_hex: str, holders: Iterable[str]) -> list[str]:
+        """Nodes to read from: recorded holders in ring order, up nodes first,
+        then the rest of the ring as a last resort (a copy may exist unrecorded)."""
+        ring = self.ring
+        walk = ring.preference_list(sha256_hex, len(ring.active_node_ids))
+        walk += [n for n in ring.handoff_nodes(sha256_hex, len(walk)) if n not in walk]
+        rank = {node_id: i for i, node_id in enumerate(walk)}
+        held = sorted((h for h in set(holders) if h in self.nodes),
+                      key=lambda h: (not self.is_up(h), rank.get(h, len(rank))))
+        rest = [n for n in walk if n not in held and self.is_up(n)]
+        return held + rest

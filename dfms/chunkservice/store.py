@@ -1,0 +1,215 @@
+"""Chunk writes with dedup and quorum replication; verified reads with failover.
+
+A chunk is identified by the SHA-256 of its bytes. A write is a dedup hit
+when the chunk is live in PostgreSQL (the hit refreshes ``last_ref_at`` so a
+collector's grace period starts over). Otherwise the bytes go to n up nodes
+of its preference list in parallel; the write counts at w acknowledgements,
+the others get ``straggler_timeout_s`` to finish. What was written is
+recorded; a chunk left with fewer than n replicas goes on the repair queue.
+A condemned chunk (marked by GC) is never a dedup hit: it is stored again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+
+import asyncpg
+from prometheus_client import Counter
+
+from dfms.chunkservice.errors import ChunkUnavailable, QuorumNotReached
+from dfms.chunkservice.placement import Placement
+from dfms.runtime.logs import get_logger
+from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
+
+log = get_logger("chunk_service.store")
+
+CHUNK_WRITES = Counter("dfms_chunk_writes_total", "Chunk writes by outcome", ["outcome"])
+CHUNK_WRITE_BYTES = Counter("dfms_chunk_write_bytes_total", "Bytes of chunk writes by outcome",
+                            ["outcome"])
+REPLICA_FAULTS = Counter("dfms_replica_faults_total", "Replicas found bad on read", ["reason"])
+READ_FAILOVERS = Counter("dfms_chunk_read_failovers_total", "Reads that moved to another node")
+
+# Hashing a few KiB on the event loop is cheaper than a thread hop.
+_INLINE_HASH_BYTES = 64 * 1024
+# Another replica is a better retry than the same node again: a replica write
+# retries once (the quorum covers a dead node), a read moves on at once and
+# only comes back with retries when every replica failed.
+WRITE_RETRIES = 1
+
+_TOUCH_LIVE = """
+UPDATE chunks SET last_ref_at = now() WHERE sha256 = $1 AND state = 'live' RETURNING size
+"""
+_UPSERT_CHUNK = """
+INSERT INTO chunks (sha256, size) VALUES ($1, $2)
+ON CONFLICT (sha256) DO UPDATE
+SET state = 'live', condemned_at = NULL, last_ref_at = now()
+"""
+_UPSERT_REPLICAS = """
+INSERT INTO chunk_replicas (chunk_sha256, node_id)
+SELECT $1, node FROM unnest($2::text[]) AS node
+ON CONFLICT (chunk_sha256, node_id) DO UPDATE SET state = 'ok', written_at = now()
+"""
+_ENQUEUE_REPAIR = """
+INSERT INTO repair_queue (chunk_sha256, node_id, reason) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
+_HOLDERS = "SELECT node_id FROM chunk_replicas WHERE chunk_sha256 = $1 AND state = 'ok'"
+_MARK_REPLICA = """
+UPDATE chunk_replicas SET state = $3 WHERE chunk_sha256 = $1 AND node_id = $2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    new: bool
+    replicas: int  # acknowledged writes; 0 for a dedup hit
+
+
+async def sha256_of(data: bytes) -> bytes:
+    if len(data) <= _INLINE_HASH_BYTES:
+        return hashlib.sha256(data).digest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+
+
+class ChunkStore:
+    def __init__(self, pool: asyncpg.Pool, placement: Placement, *, replicas_n: int,
+                 write_quorum_w: int, straggler_timeout_s: float) -> None:
+        self._pool = pool
+        self._placement = placement
+        self.n = replicas_n
+        self.w = write_quorum_w
+        self._straggler_s = straggler_timeout_s
+
+    # -- write -------------------------------------------------------------------
+
+    async def put(self, digest: bytes, data: bytes) -> StoreOutcome:
+        if await self._pool.fetchval(_TOUCH_LIVE, digest) is not None:
+            CHUNK_WRITES.labels("dedup").inc()
+            CHUNK_WRITE_BYTES.labels("dedup").inc(len(data))
+            return StoreOutcome(new=False, replicas=0)
+        hex_digest = digest.hex()
+        targets = self._placement.write_targets(hex_digest, self.n)
+        acks, errors = await self._write_replicas(targets, chunk_key(hex_digest), data,
+                                                  hex_digest)
+        if len(acks) < self.w:
+            CHUNK_WRITES.labels("quorum_failed").inc()
+            if len(targets) < self.w:
+                errors.append(f"only {len(targets)} usable node(s) for this chunk")
+            # Partial copies stay as unrecorded objects; GC removes orphans.
+            raise QuorumNotReached.for_chunk(hex_digest, len(acks), self.w, errors)
+        await self._record(digest, len(data), acks)
+        CHUNK_WRITES.labels("new").inc()
+        CHUNK_WRITE_BYTES.labels("new").inc(len(data))
+        return StoreOutcome(new=True, replicas=len(acks))
+
+    async def _write_replicas(self, targets: list[str], key: str, data: bytes,
+                              hex_digest: str) -> tuple[list[str], list[str]]:
+        tasks = {asyncio.create_task(self._placement.client(node).put(
+            key, data, hex_digest, retries=WRITE_RETRIES)): node for node in targets}
+        acks: list[str] = []
+        errors: list[str] = []
+        pending = set(tasks)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        try:
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=timeout,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break  # stragglers ran out of time
+                for task in done:
+                    self._collect(task, tasks[task], acks, errors)
+                if deadline is None and len(acks) >= self.w:
+                    deadline = loop.time() + self._straggler_s
+        finally:
+            for task in pending:
+                task.cancel()
+                errors.append(f"{tasks[task]}: still writing when the quorum was met")
+            await asyncio.gather(*pending, return_exceptions=True)
+        return acks, errors
+
+    @staticmethod
+    def _collect(task: asyncio.Task[None], node: str, acks: list[str],
+                 errors: list[str]) -> None:
+        exc = task.exception()
+        if exc is None:
+            acks.append(node)
+        elif isinstance(exc, StorageError):
+            errors.append(str(exc))
+        else:
+            log.error("unexpected error writing a replica", exc_info=exc,
+                      extra={"node": node})
+            errors.append(f"{node}: {type(exc).__name__}")
+
+    async def _record(self, digest: bytes, size: int, nodes: list[str]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_UPSERT_CHUNK, digest, size)
+            await conn.execute(_UPSERT_REPLICAS, digest, nodes)
+            if len(nodes) < self.n:
+                await conn.execute(_ENQUEUE_REPAIR, digest, None, "under_replicated")
+
+    # -- read ---------------------------------------------------------------------
+
+    async def get(self, digest: bytes) -> bytes:
+        """The chunk's bytes, verified against its SHA-256, from the first good replica."""
+        hex_digest = digest.hex()
+        holders = {r["node_id"] for r in await self._pool.fetch(_HOLDERS, digest)}
+        failures: list[str] = []
+        unreachable: list[str] = []
+        for node in self._placement.read_order(hex_digest, holders):
+            data = await self._read_replica(digest, node, node in holders, 0, failures,
+                                            unreachable)
+            if data is not None:
+                return data
+        for node in unreachable:  # every replica failed: now retry the unreachable ones
+            data = await self._read_replica(digest, node, node in holders, None, failures, [])
+            if data is not None:
+                return data
+        raise ChunkUnavailable(f"chunk {hex_digest[:16]}: no replica could be read and "
+                               f"verified ({'; '.join(failures) or 'no replica recorded'})")
+
+    async def _read_replica(self, digest: bytes, node: str, recorded: bool,
+                            retries: int | None, failures: list[str],
+                            unreachable: list[str]) -> bytes | None:
+        if failures:
+            READ_FAILOVERS.inc()
+        try:
+            data = await self._placement.client(node).get(chunk_key(digest.hex()),
+                                                          retries=retries)
+        except ObjectNotFound:
+            failures.append(f"{node}: missing")
+            if recorded:
+                await self._mark_bad(digest, node, "missing")
+            return None
+        except NodeUnavailable as exc:
+            failures.append(str(exc))
+            unreachable.append(node)
+            return None
+        except StorageError as exc:
+            failures.append(str(exc))
+            return None
+        if await sha256_of(data) == digest:
+            return data
+        failures.append(f"{node}: corrupt")
+        await self._mark_bad(digest, node, "corrupt")
+        return None
+
+    async def _mark_bad(self, digest: bytes, node: str, reason: str) -> None:
+        REPLICA_FAULTS.labels(reason).inc()
+        log.warning("bad replica", extra={"chunk": digest.hex()[:16], "node": node,
+                                          "reason": reason})
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_MARK_REPLICA, digest, node, reason)
+            await conn.execute(_ENQUEUE_REPAIR, digest, node, reason)
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def live(self, digests: list[bytes]) -> list[bool]:
+        rows = await self._pool.fetch(
+            "SELECT sha256 FROM chunks WHERE sha256 = ANY($1::bytea[]) AND state = 'live'",
+            digests)
+        present = {bytes(r["sha256"]) for r in rows}
+        return [d in present for d in digests]

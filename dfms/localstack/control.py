@@ -1,0 +1,77 @@
+"""A loopback control endpoint of `dfms up`: stop, kill and start its processes.
+
+Fault drills (and the fault-injection tests) use it to take a storage node
+down and bring it back while the rest of the cluster keeps running. Calls
+need the token written to cluster.json (mode 0600).
+"""
+
+from __future__ import annotations
+
+import hmac
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from dfms.localstack.servers import wait_ready
+from dfms.localstack.supervisor import Supervisor
+
+Probe = Callable[[], Awaitable[None]]
+
+TOKEN_HEADER = "X-DFMS-Control-Token"
+
+
+def build_control_app(supervisor: Supervisor, token: str,
+                      probes: Mapping[str, Probe]) -> web.Application:
+    """``probes`` are the readiness checks `dfms up` used; start waits on them."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+        given = request.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "bad or missing control token"}, status=401)
+        return await handler(request)
+
+    def find(request: web.Request) -> web.Response | None:
+        try:
+            supervisor.get(request.match_info["name"])
+        except KeyError:
+            return web.json_response({"error": "no such process"}, status=404)
+        return None
+
+    async def listing(_: web.Request) -> web.Response:
+        return web.json_response({mp.spec.name: {"pid": mp.pid, "running": mp.running}
+                                  for mp in supervisor.processes})
+
+    async def stop(request: web.Request) -> web.Response:
+        return await _act(request, kill=False)
+
+    async def kill(request: web.Request) -> web.Response:
+        return await _act(request, kill=True)
+
+    async def _act(request: web.Request, *, kill: bool) -> web.Response:
+        missing = find(request)
+        if missing is not None:
+            return missing
+        mp = supervisor.get(request.match_info["name"])
+        code = await mp.stop(signal.SIGKILL if kill else None)
+        return web.json_response({"name": mp.spec.name, "exit_code": code})
+
+    async def start(request: web.Request) -> web.Response:
+        missing = find(request)
+        if missing is not None:
+            return missing
+        mp = supervisor.get(request.match_info["name"])
+        if not mp.running:
+            await mp.start()
+        probe = probes.get(mp.spec.name)
+        if probe is not None:
+            await wait_ready(mp.spec.name, probe, lambda: mp.running)
+        return web.json_response({"name": mp.spec.name, "pid": mp.pid})
+
+    app = web.Application(middlewares=[auth])
+    app.router.add_get("/processes", listing)
+    app.router.add_post("/processes/{name}/stop", stop)
+    app.router.add_post("/processes/{name}/kill", kill)
+    app.router.add_post("/processes/{name}/start", start)
+    return app
