@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dfms-installed
 ARGS ?=
 
-.PHONY: install up test lint unit integration bench proto clean
+.PHONY: install up test lint unit integration bench proto docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ integration: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_chunker.py
+
+## Regenerate the generated docs: the sample config and the README's config table.
+docs: install
+	$(BIN)/dfms config sample > deploy/dfms.sample.yaml
+	$(BIN)/python -c "import re, subprocess; t = subprocess.run(['$(BIN)/dfms', 'config', \
+		'markdown'], capture_output=True, text=True, check=True).stdout; r = open('README.md').read(); \
+		open('README.md', 'w').write(re.sub(r'(<!-- config-table:[^\n]*-->\n).*?(<!-- /config-table -->)', \
+		lambda m: m.group(1) + t + m.group(2), r, flags=re.S))"
 
 ## Regenerate the gRPC code from dfms/proto/chunk.proto (the output is committed).
 proto: install

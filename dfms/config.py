@@ -105,6 +105,9 @@ class ChunkServiceConfig:
     ops_port: int = opt(9191, "HTTP port for /health, /ready and /metrics", lo=0, hi=65535)
     upload_parallel_chunks: int = opt(4, "chunks of one upload written to nodes at once", lo=1,
                                       hi=64)
+    upload_read_ahead_bytes: int = opt(16 * MIB, "bytes of an upload received ahead of the "
+                                       "chunker, so the network never waits on node writes",
+                                       lo=256 * KIB, hi=1 * GIB)
     download_prefetch_chunks: int = opt(3, "chunks read ahead while a download streams", lo=1,
                                         hi=64)
     frame_size_bytes: int = opt(1 * MIB, "size of the data frames streamed over gRPC",

@@ -124,6 +124,44 @@ def _check_expectations(summary: UploadSummary, expected_sha256: bytes,
                                f"{expected_sha256.hex()}")
 
 
+async def read_ahead(frames: AsyncIterable[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """Keep reading ``frames`` into a buffer of up to ``max_bytes`` while the consumer works.
+
+    Without it, a pull-based consumer that is busy writing chunks stops reading
+    the network; HTTP/2 flow control then stalls the sender, and each resume
+    costs a round trip.
+    """
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+    room = asyncio.Semaphore(max(1, max_bytes // (256 * 1024)))  # in 256 KiB credits
+
+    async def pump() -> None:
+        try:
+            async for frame in frames:
+                credits = max(1, len(frame) // (256 * 1024))
+                for _ in range(credits):
+                    await room.acquire()
+                await queue.put(frame)
+            await queue.put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            for _ in range(max(1, len(item) // (256 * 1024))):
+                room.release()
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
 # --- download -----------------------------------------------------------------------
 
 def resolve_range(chunks: Sequence[ChunkEntry], offset: int, length: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from dfms.chunkservice.pipeline import (
     ChunkEntry,
     check_manifest,
     ingest,
+    read_ahead,
     resolve_range,
     stream_range,
 )
@@ -102,7 +103,8 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
                 UPLOAD_BYTES.inc(len(frame.data))
                 yield frame.data
 
-        summary = await ingest(self._store, self._chunker, data_frames(),
+        frames = read_ahead(data_frames(), self._cfg.upload_read_ahead_bytes)
+        summary = await ingest(self._store, self._chunker, frames,
                                parallel=self._cfg.upload_parallel_chunks,
                                max_size=ctx.max_size, expected_sha256=ctx.expected_sha256,
                                expected_size=ctx.expected_size)
