@@ -180,6 +180,43 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- admin ---------------------------------------------------------------------------
+
+def _admin_password(args: argparse.Namespace) -> str:
+    """--password, else a prompt on a terminal, else one line of stdin (for scripts that
+    should not put the password in the process list)."""
+    if args.password is not None:
+        return str(args.password)
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    from dfms.auth import accounts
+    from dfms.metadata import db
+
+    cfg = resolve_config(args)
+    # Validate and hash before connecting, the same way the API does (shared code).
+    new = await accounts.prepare_user(
+        cfg.auth, email=args.email, password=_admin_password(args),
+        display_name=args.display_name or args.email.strip().partition("@")[0],
+        role="admin" if args.admin else "user")
+    conn = await db.connect(cfg.postgres)
+    try:
+        user = await accounts.insert_user(conn, new)
+    finally:
+        await conn.close()
+    print(user.id)
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    return asyncio.run(_admin(args))
+
+
 # --- parser --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="show the effective config or a sample file")
     conf.add_argument("action", choices=("show", "sample", "markdown"))
     conf.set_defaults(func=cmd_config)
+
+    adm = sub.add_parser("admin", help="account administration against the cluster database")
+    adm_sub = adm.add_subparsers(dest="action", required=True)
+    create = adm_sub.add_parser("create-user", help="create an account and print its id")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", help="the password (default: prompt, or a line of "
+                        "stdin when it is not a terminal)")
+    create.add_argument("--display-name", help="default: the part of the email before '@'")
+    create.add_argument("--admin", action="store_true", help="give the account the admin role")
+    create.set_defaults(func=cmd_admin)
     return parser
 
 

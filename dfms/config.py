@@ -96,6 +96,21 @@ class GatewayConfig:
     host: str = opt("127.0.0.1", "address the HTTP gateway listens on")
     port: int = opt(8080, "port of the HTTP gateway (also serves /health, /ready, /metrics)",
                     lo=0, hi=65535)
+    public_url: str = opt("", "base URL clients reach the gateway at (share links); empty = "
+                          "http://<host>:<port>")
+    max_upload_bytes: int = opt(50 * GIB, "largest file one upload may carry", lo=0)
+    max_json_bytes: int = opt(1 * MIB, "largest JSON request body", lo=1 * KIB, hi=64 * MIB)
+    max_line_bytes: int = opt(8 * KIB, "longest request line", lo=1 * KIB, hi=64 * KIB)
+    max_header_bytes: int = opt(16 * KIB, "longest single request header", lo=1 * KIB,
+                                hi=64 * KIB)
+    max_headers: int = opt(64, "most request headers", lo=8, hi=1024)
+    body_idle_timeout_s: float = opt(120.0, "a request or response body that moves no byte "
+                                     "for this long is aborted (no total time limit)", lo=1.0)
+    keepalive_timeout_s: float = opt(75.0, "idle keep-alive connections are closed after",
+                                     lo=1.0)
+    page_size_default: int = opt(50, "items per listing page unless the client asks", lo=1,
+                                 hi=1000)
+    page_size_max: int = opt(500, "most items per listing page", lo=1, hi=10000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,31 @@ class AuthConfig:
     keys_dir: str = opt("keys", "directory of ES256 signing keys (relative to the data dir)")
     issuer: str = opt("dfms", "JWT iss claim")
     audience: str = opt("dfms-api", "JWT aud claim")
+    access_token_ttl_s: int = opt(900, "lifetime of an access token", lo=30, hi=86400)
+    refresh_token_ttl_s: int = opt(30 * 86400, "lifetime of a refresh token", lo=60,
+                                   hi=365 * 86400)
+    password_min_length: int = opt(10, "shortest password accepted at registration", lo=8,
+                                   hi=128)
+    argon2_memory_kib: int = opt(65536, "Argon2id memory cost per hash (KiB)", lo=8192,
+                                 hi=4 * 1024 * 1024)
+    argon2_iterations: int = opt(3, "Argon2id time cost (passes)", lo=1, hi=20)
+    argon2_lanes: int = opt(1, "Argon2id parallelism (lanes)", lo=1, hi=16)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    enabled: bool = opt(True, "apply the sliding-window rate limits below")
+    window_s: int = opt(60, "length of the sliding window", lo=1, hi=3600)
+    global_per_window: int = opt(20000, "requests per window for the whole gateway", lo=1)
+    user_per_window: int = opt(3000, "requests per window per user (or client address "
+                               "when anonymous)", lo=1)
+    auth_per_window: int = opt(30, "auth requests (login, register, refresh) per window per "
+                               "client address", lo=1)
+    upload_per_window: int = opt(600, "uploads per window per user", lo=1)
+    download_per_window: int = opt(1200, "downloads per window per user", lo=1)
+    other_per_window: int = opt(2000, "other API requests per window per user", lo=1)
+    fail_open: bool = opt(True, "when Redis is unreachable, let requests through (true) or "
+                          "answer 503 (false); either way it is counted in a metric")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +191,7 @@ class Config:
     chunk_service: ChunkServiceConfig = field(default_factory=ChunkServiceConfig)
     chunk_client: ChunkServiceClientConfig = field(default_factory=ChunkServiceClientConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
 
 

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 
+from tests.support.api import Api
 from tests.support.cluster import ClusterHandle, attach, make_data_dir
+
+# Generous rate limits (the suite registers many users from one address) and a
+# cheaper Argon2 cost; rate limiting itself is tested on a gateway with tight limits.
+TEST_CLUSTER_CONFIG = Path(__file__).parent / "cluster.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +31,7 @@ def cluster() -> Iterator[ClusterHandle]:
     data_dir = make_data_dir("dfms-test-")
     handle = ClusterHandle(data_dir=data_dir / "cluster")
     handle.data_dir.mkdir()
-    handle.start()
+    handle.start(config=TEST_CLUSTER_CONFIG)
     try:
         yield handle
     finally:
@@ -33,3 +40,9 @@ def cluster() -> Iterator[ClusterHandle]:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             print(f"dfms up exited with {code}; logs kept in {data_dir}")
+
+
+@pytest.fixture
+async def api(cluster: ClusterHandle) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        yield Api(cluster.gateway_url, session)

@@ -1,25 +1,28 @@
-"""The gateway application: shared resources through cleanup_ctx and typed AppKeys.
+"""The gateway application: middlewares, shared resources (cleanup_ctx, typed
+AppKeys) and the route modules, each of which exposes ``setup_routes(app)``.
 
-The public API (``/api/v1``) is added route module by route module; the ops
-routes (/health, /ready, /metrics) are served on the gateway's own port.
+Public API under ``/api/v1``; ops routes (/health, /ready, /metrics) at the root.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from dfms.auth.tokens import TokenService
+from dfms.chunkservice.client import ChunkClient
 from dfms.config import Config
+from dfms.gateway import ratelimit, routes_auth, routes_files, routes_folders
+from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY, PG_KEY, REDIS_KEY, TOKENS_KEY
+from dfms.gateway.middleware import add_request_id, error_middleware, request_id_middleware
 from dfms.metadata.db import create_pool
 from dfms.runtime.ops import add_ops_routes
 from dfms.runtime.service import Service
 
-CONFIG_KEY = web.AppKey("config", Config)
-PG_KEY = web.AppKey("pg", asyncpg.Pool)
-REDIS_KEY = web.AppKey("redis", aioredis.Redis)
+ROUTE_MODULES = (routes_auth, routes_files, routes_folders)
 
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -37,11 +40,29 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def _chunks_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG_KEY]
+    client = ChunkClient(cfg.chunk_client.target,
+                         frame_size_bytes=cfg.chunk_service.frame_size_bytes,
+                         connect_timeout_s=cfg.chunk_client.connect_timeout_s)
+    app[CHUNKS_KEY] = client
+    yield
+    await client.close()
+
+
 def build_app(config: Config) -> web.Application:
-    app = web.Application()
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, *ratelimit.middlewares()],
+        client_max_size=config.gateway.max_json_bytes)
     app[CONFIG_KEY] = config
+    app.on_response_prepare.append(add_request_id)
+    app[TOKENS_KEY] = TokenService(config.auth, Path(config.auth.keys_dir))
     app.cleanup_ctx.append(_postgres_ctx)
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_chunks_ctx)
+    ratelimit.setup(app)
+    for module in ROUTE_MODULES:
+        module.setup_routes(app)
 
     async def check_postgres() -> None:
         async with app[PG_KEY].acquire() as conn:
@@ -50,7 +71,11 @@ def build_app(config: Config) -> web.Application:
     async def check_redis() -> None:
         await app[REDIS_KEY].ping()
 
-    add_ops_routes(app, "gateway", {"postgres": check_postgres, "redis": check_redis})
+    async def check_chunk_service() -> None:
+        await app[CHUNKS_KEY].stat()
+
+    add_ops_routes(app, "gateway", {"postgres": check_postgres, "redis": check_redis,
+                                    "chunk_service": check_chunk_service})
     return app
 
 
@@ -64,15 +89,20 @@ class GatewayService(Service):
         self.bound_port: int | None = None
 
     async def _start(self) -> None:
-        # No fixed total request timeout: multi-GiB bodies stream for minutes.
-        self._runner = web.AppRunner(build_app(self.config), access_log=None,
-                                     shutdown_timeout=self.config.ops.shutdown_grace_s)
+        gw = self.config.gateway
+        # No total request timeout: multi-GiB bodies stream for minutes. Idle limits
+        # (keep-alive, body reads that stall) guard the connections instead.
+        self._runner = web.AppRunner(
+            build_app(self.config), access_log=None,
+            shutdown_timeout=self.config.ops.shutdown_grace_s,
+            keepalive_timeout=gw.keepalive_timeout_s,
+            max_line_size=gw.max_line_bytes, max_field_size=gw.max_header_bytes,
+            max_headers=gw.max_headers, read_bufsize=2**18)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.gateway.host, self.config.gateway.port)
+        site = web.TCPSite(self._runner, gw.host, gw.port)
         await site.start()
         self.bound_port = self._runner.addresses[0][1]
-        self.log.info("listening", extra={"host": self.config.gateway.host,
-                                          "port": self.bound_port})
+        self.log.info("listening", extra={"host": gw.host, "port": self.bound_port})
 
     async def _stop(self) -> None:
         runner, self._runner = self._runner, None

@@ -87,14 +87,15 @@ class ClusterHandle:
         path = self.data_dir / "cluster.json"
         return dict(json.loads(path.read_text())) if path.exists() else {}
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, config: Path | None = None) -> None:
         """Run `dfms up` in the background and wait until it reports ready."""
         cluster_file = self.data_dir / "cluster.json"
         cluster_file.unlink(missing_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-up.log"
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dfms", "--data-dir", str(self.data_dir), "up",
+                [sys.executable, "-m", "dfms", "--data-dir", str(self.data_dir),
+                 *(["--config", str(config)] if config else []), "up",
                  "--gateway-port", "0", *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={k: v for k, v in os.environ.items() if not k.startswith("DFMS_")})

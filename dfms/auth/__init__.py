@@ -1,0 +1,1 @@
+"""Accounts and tokens: Argon2id passwords, ES256 access tokens, rotating refresh tokens."""

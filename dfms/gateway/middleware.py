@@ -1,0 +1,84 @@
+"""Request ids and the error envelope, for every response the gateway sends."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from dfms.gateway.errors import HTTP_STATUS_CODES, ApiError
+from dfms.runtime.logs import get_logger
+
+log = get_logger("gateway")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+REQUESTS = Counter("dfms_http_requests_total", "Gateway requests",
+                   ["route", "method", "status"])
+LATENCY = Histogram("dfms_http_request_seconds", "Gateway time to response headers",
+                    ["route", "method"],
+                    buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 120))
+
+
+def request_id(request: web.Request) -> str:
+    return request.get(REQUEST_ID_KEY, "")
+
+
+def error_response(request: web.Request, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"code": code, "message": message, "request_id": request_id(request)}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request,
+                                handler: web.RequestHandler) -> web.StreamResponse:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request[REQUEST_ID_KEY] = given if _CLIENT_ID_RE.match(given) else uuid.uuid4().hex
+    route, method = _route_name(request), request.method
+    with LATENCY.labels(route, method).time():
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            REQUESTS.labels(route, method, str(exc.status)).inc()
+            raise
+    REQUESTS.labels(route, method, str(response.status)).inc()
+    return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streamed ones included, names its request."""
+    if REQUEST_ID_KEY in request:
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: web.RequestHandler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.status_code in (304,):
+            raise
+        code = HTTP_STATUS_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items()
+                   if k.lower() in ("allow", "retry-after", "content-range")}
+        return error_response(request, exc.status, code, exc.reason, headers)
+    except (ConnectionResetError, web.HTTPClientError):
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id(request),
+                                                "path": request.path})
+        return error_response(request, 500, "internal_error",
+                              "the server failed to handle this request")

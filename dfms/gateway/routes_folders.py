@@ -1,0 +1,112 @@
+"""Folders: create, list contents, rename and move, delete (recursively, atomically)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from dfms.gateway.context import API_PREFIX, PG_KEY
+from dfms.gateway.errors import ApiError, bad_request, conflict, not_found
+from dfms.gateway.http import field, parse_uuid, read_json
+from dfms.gateway.listing import files_page
+from dfms.gateway.names import clean_name
+from dfms.gateway.security import AuthUser, authenticate
+from dfms.gateway.views import folder_json
+from dfms.metadata import namespace as ns
+
+ROOT_ALIAS = "root"
+
+
+async def resolve_parent(conn: asyncpg.Connection | asyncpg.Pool, user: AuthUser,
+                         raw: object) -> uuid.UUID | None:
+    """A folder id from a body or header, owned by the user; None (or 'root') is the root."""
+    if raw is None or raw == "" or raw == ROOT_ALIAS:
+        return None
+    if not isinstance(raw, str):
+        raise bad_request("validation_error", "a folder id must be a string")
+    folder_id = parse_uuid(raw, "folder")
+    if await ns.get_folder(conn, user.id, folder_id) is None:
+        raise not_found("folder")
+    return folder_id
+
+
+def name_clash(name: str) -> ApiError:
+    return conflict("name_taken", f"an item named {name!r} already exists in that folder")
+
+
+async def create_folder(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    doc = await read_json(request)
+    name = clean_name(field(doc, "name", str))
+    async with request.app[PG_KEY].acquire() as conn, conn.transaction():
+        parent = await resolve_parent(conn, user, doc.get("parent_id"))
+        await ns.lock_names(conn, user.id, parent)
+        if await ns.name_taken(conn, user.id, parent, name):
+            raise name_clash(name)
+        row = await ns.create_folder(conn, user.id, parent, name)
+    return web.json_response(folder_json(row), status=201)
+
+
+async def folder_contents(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    raw = request.match_info["folder_id"]
+    pool = request.app[PG_KEY]
+    folder = None
+    if raw != ROOT_ALIAS:
+        folder = await ns.get_folder(pool, user.id, parse_uuid(raw, "folder"))
+        if folder is None:
+            raise not_found("folder")
+    parent = folder.id if folder else None
+    folders = await ns.list_subfolders(pool, user.id, parent)
+    files = await files_page(request, pool, user.id, parent)
+    body: dict[str, Any] = {
+        "folder": folder_json(folder) if folder else None,
+        "folders": [folder_json(f) for f in folders],
+        "files": files["items"], "total_files": files["total"],
+        "next_cursor": files["next_cursor"],
+    }
+    return web.json_response(body)
+
+
+async def update_folder(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    folder_id = parse_uuid(request.match_info["folder_id"], "folder")
+    doc = await read_json(request)
+    async with request.app[PG_KEY].acquire() as conn, conn.transaction():
+        current = await ns.get_folder(conn, user.id, folder_id)
+        if current is None:
+            raise not_found("folder")
+        name = clean_name(doc["name"]) if "name" in doc else current.name
+        parent = (await resolve_parent(conn, user, doc["parent_id"]) if "parent_id" in doc
+                  else current.parent_id)
+        if parent is not None and await ns.is_descendant(conn, folder_id, parent):
+            raise conflict("folder_cycle", "a folder cannot move into itself or below itself")
+        await ns.lock_names(conn, user.id, parent)
+        if await ns.name_taken(conn, user.id, parent, name, except_id=folder_id):
+            raise name_clash(name)
+        row = await ns.update_folder(conn, folder_id, name, parent)
+    return web.json_response(folder_json(row))
+
+
+async def delete_folder(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    folder_id = parse_uuid(request.match_info["folder_id"], "folder")
+    recursive = request.query.get("recursive", "false").lower() in ("1", "true", "yes")
+    async with request.app[PG_KEY].acquire() as conn, conn.transaction():
+        if await ns.get_folder(conn, user.id, folder_id) is None:
+            raise not_found("folder")
+        if not recursive and not await ns.folder_is_empty(conn, folder_id):
+            raise conflict("folder_not_empty",
+                           "the folder is not empty; pass ?recursive=true to delete it all")
+        await ns.delete_subtree(conn, folder_id)
+    return web.Response(status=204)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post(f"{API_PREFIX}/folders", create_folder)
+    app.router.add_get(f"{API_PREFIX}/folders/{{folder_id}}/contents", folder_contents)
+    app.router.add_patch(f"{API_PREFIX}/folders/{{folder_id}}", update_folder)
+    app.router.add_delete(f"{API_PREFIX}/folders/{{folder_id}}", delete_folder)

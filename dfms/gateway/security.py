@@ -1,0 +1,62 @@
+"""Who is calling: bearer-token authentication for API handlers."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dfms.auth.tokens import InvalidToken
+from dfms.gateway.context import PG_KEY, TOKENS_KEY
+from dfms.gateway.errors import forbidden, unauthorized
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUser:
+    id: uuid.UUID
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+USER_KEY = web.RequestKey("user", AuthUser)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(request: web.Request) -> AuthUser:
+    """The caller, from a valid access token of an active account; 401 otherwise."""
+    cached = request.get(USER_KEY)
+    if cached is not None:
+        return cached
+    token = bearer_token(request)
+    if token is None:
+        raise unauthorized()
+    try:
+        claims = request.app[TOKENS_KEY].verify_access(token)
+    except InvalidToken as exc:
+        raise unauthorized(str(exc), code="invalid_token") from None
+    # A deactivated account loses access at once, not when its token expires.
+    row = await request.app[PG_KEY].fetchrow(
+        "SELECT role, is_active FROM users WHERE id = $1", claims.user_id)
+    if row is None or not row["is_active"]:
+        raise unauthorized("account is not active", code="invalid_token")
+    user = AuthUser(claims.user_id, row["role"])
+    request[USER_KEY] = user
+    return user
+
+
+async def require_admin(request: web.Request) -> AuthUser:
+    user = await authenticate(request)
+    if not user.is_admin:
+        raise forbidden("administrator role required")
+    return user
