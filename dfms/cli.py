@@ -93,6 +93,45 @@ def cmd_chunk_service(args: argparse.Namespace) -> int:
     return main_for(ChunkService(cfg), cfg)
 
 
+def cmd_health_monitor(args: argparse.Namespace) -> int:
+    from dfms.healthmon.service import HealthMonitor
+    from dfms.runtime.service import main_for
+
+    cfg = resolve_config(args)
+    return main_for(HealthMonitor(cfg), cfg)
+
+
+def cmd_event_relay(args: argparse.Namespace) -> int:
+    from dfms.events.relay import OutboxRelay
+    from dfms.runtime.service import main_for
+
+    cfg = resolve_config(args)
+    return main_for(OutboxRelay(cfg), cfg)
+
+
+def cmd_gc_worker(args: argparse.Namespace) -> int:
+    from dfms.gc.worker import GcWorker
+    from dfms.runtime.service import main_for
+
+    cfg = resolve_config(args)
+    if not args.once:
+        return main_for(GcWorker(cfg), cfg)
+    setup_logging(cfg.logging.level, cfg.logging.format)
+
+    async def one_pass() -> int:
+        worker = GcWorker(cfg)
+        try:
+            stats = await worker.run_once()
+        finally:
+            await worker.close()
+        for name, count in sorted(stats.counters.items()):
+            print(f"{name:<34} {count}")
+        print(f"{'errors':<34} {stats.errors}")
+        return 0 if stats.errors == 0 else 1
+
+    return asyncio.run(one_pass())
+
+
 # --- migrate -------------------------------------------------------------------
 
 async def _migrate(args: argparse.Namespace) -> int:
@@ -238,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     cs = sub.add_parser("chunk-service", help="run the gRPC chunk service")
     cs.set_defaults(func=cmd_chunk_service)
+
+    hm = sub.add_parser("health-monitor", help="probe the storage nodes, track their health")
+    hm.set_defaults(func=cmd_health_monitor)
+
+    relay = sub.add_parser("event-relay", help="publish outbox events to Kafka")
+    relay.set_defaults(func=cmd_event_relay)
+
+    gcw = sub.add_parser("gc-worker", help="run the garbage collector (or one pass)")
+    gcw.add_argument("--once", action="store_true", help="run one pass, print its counts")
+    gcw.set_defaults(func=cmd_gc_worker)
 
     clu = sub.add_parser("cluster", help="list, stop, kill or start processes of `dfms up`")
     clu.add_argument("action", choices=("ps", "stop", "kill", "start"))

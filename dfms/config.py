@@ -97,7 +97,7 @@ class GatewayConfig:
     port: int = opt(8080, "port of the HTTP gateway (also serves /health, /ready, /metrics)",
                     lo=0, hi=65535)
     public_url: str = opt("", "base URL clients reach the gateway at (share links); empty = "
-                          "http://<host>:<port>")
+                          "the origin of the request that created the link")
     max_upload_bytes: int = opt(50 * GIB, "largest file one upload may carry", lo=0)
     max_json_bytes: int = opt(1 * MIB, "largest JSON request body", lo=1 * KIB, hi=64 * MIB)
     max_line_bytes: int = opt(8 * KIB, "longest request line", lo=1 * KIB, hi=64 * KIB)
@@ -157,6 +157,79 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    keep_versions: int = opt(10, "versions kept per file (older ones go to GC); 0 = no count "
+                             "limit", lo=0, hi=100000)
+    keep_versions_days: int = opt(0, "also keep every version younger than this many days; "
+                                  "0 = age does not protect a version", lo=0, hi=36500)
+    trash_retention_days: int = opt(30, "trashed items are purged by GC after this many days",
+                                    lo=0, hi=36500)
+    default_quota_bytes: int = opt(10 * GIB, "storage quota of a user the admin gave none; "
+                                   "0 = unlimited", lo=0)
+    multipart_part_min_bytes: int = opt(5 * MIB, "smallest part of a multipart upload "
+                                        "(except the last)", lo=1)
+    multipart_part_max_bytes: int = opt(5 * GIB, "largest part of a multipart upload", lo=1)
+    multipart_max_parts: int = opt(10000, "most parts in one multipart upload", lo=1,
+                                   hi=100000)
+    multipart_expiry_s: int = opt(86400, "an unfinished multipart upload expires after",
+                                  lo=60)
+
+
+@dataclass(frozen=True, slots=True)
+class GcConfig:
+    interval_s: float = opt(3600.0, "time between two collector passes", lo=1.0)
+    grace_period_s: float = opt(86400.0, "an unreferenced chunk is condemned, and a condemned "
+                                "one deleted, only after this long (in-flight uploads are "
+                                "safe within it)", lo=0.0)
+    ops_port: int = opt(9193, "HTTP port for the GC worker's /health, /ready and /metrics",
+                        lo=0, hi=65535)
+    batch_size: int = opt(500, "items handled per transaction in a pass", lo=1, hi=100000)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthmonConfig:
+    interval_s: float = opt(10.0, "time between two probes of each node", lo=0.1)
+    ops_port: int = opt(9194, "HTTP port for the health monitor's /health, /ready, /metrics",
+                        lo=0, hi=65535)
+    failures_to_down: int = opt(3, "consecutive failed probes that mark a node down (the "
+                                "first failure marks it suspect)", lo=1, hi=100)
+    successes_to_healthy: int = opt(2, "consecutive good probes that bring a node back",
+                                    lo=1, hi=100)
+    latency_limit_ms: float = opt(2000.0, "a probe slower than this counts as failed", lo=1.0)
+    probe_timeout_s: float = opt(5.0, "timeout of one probe request", lo=0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    relay_interval_s: float = opt(1.0, "how often the outbox relay looks for unsent events "
+                                  "(it is also woken by NOTIFY)", lo=0.05)
+    relay_batch_size: int = opt(500, "outbox rows published per relay round", lo=1,
+                                hi=100000)
+    ops_port: int = opt(9195, "HTTP port for the event relay's /health, /ready, /metrics",
+                        lo=0, hi=65535)
+    consumer_max_attempts: int = opt(5, "handling attempts before an event goes to the "
+                                     "dead-letter topic", lo=1, hi=100)
+    consumer_retry_base_s: float = opt(0.5, "first retry delay of a failing event (doubles)",
+                                       lo=0.01)
+
+
+@dataclass(frozen=True, slots=True)
+class SharesConfig:
+    max_expiry_s: int = opt(30 * 86400, "longest lifetime of a share link", lo=60)
+    default_expiry_s: int = opt(7 * 86400, "lifetime of a share link when none is asked",
+                                lo=60)
+    password_attempts_per_window: int = opt(10, "wrong share-link passwords allowed per "
+                                            "link and client address per rate-limit window",
+                                            lo=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchConfig:
+    similarity_threshold: float = opt(0.3, "trigram similarity a name needs to match a "
+                                      "misspelt query (0..1)", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitConfig:
     enabled: bool = opt(True, "apply the sliding-window rate limits below")
     window_s: int = opt(60, "length of the sliding window", lo=1, hi=3600)
@@ -192,6 +265,12 @@ class Config:
     chunk_client: ChunkServiceClientConfig = field(default_factory=ChunkServiceClientConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
+    healthmon: HealthmonConfig = field(default_factory=HealthmonConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    shares: SharesConfig = field(default_factory=SharesConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
 
 

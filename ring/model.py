@@ -56,7 +56,12 @@ class RingData:
 
 def vnode_count(member: RingMember, vnodes_per_weight: int) -> int:
     """Virtual nodes a member gets: proportional to its weight, at least one."""
-    return max(1, round(vnodes_per_weight * member.weight))
+    exact = vnodes_per_weight * member.weight
+    if not math.isfinite(exact) or exact > MAX_TOTAL_VNODES:
+        # Over the limit anyway: say so without overflowing round(), so validation
+        # refuses the ring instead of crashing on an absurd weight like 1e308.
+        return MAX_TOTAL_VNODES + 1
+    return max(1, round(exact))
 
 
 def _is_int(value: object) -> bool:

@@ -42,3 +42,8 @@ class ManifestNotFound(ChunkServiceError):
 
 class NoRing(ChunkServiceError):
     """No ring has been stored yet, so chunks have nowhere to go."""
+
+
+class ChunkBeingSwept(ChunkServiceError):
+    """The garbage collector is deleting this chunk's bytes and did not finish in time
+    for the write to wait it out; retrying the write later stores the chunk again."""

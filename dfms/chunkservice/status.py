@@ -15,6 +15,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     e.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     e.ManifestNotFound: grpc.StatusCode.NOT_FOUND,
     e.NoRing: grpc.StatusCode.FAILED_PRECONDITION,
+    e.ChunkBeingSwept: grpc.StatusCode.UNAVAILABLE,  # retryable: the sweep finishes
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 

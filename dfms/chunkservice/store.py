@@ -1,12 +1,21 @@
 """Chunk writes with dedup and quorum replication; verified reads with failover.
 
 A chunk is identified by the SHA-256 of its bytes. A write is a dedup hit
-when the chunk is live in PostgreSQL (the hit refreshes ``last_ref_at`` so a
-collector's grace period starts over). Otherwise the bytes go to n up nodes
-of its preference list in parallel; the write counts at w acknowledgements,
-the others get ``straggler_timeout_s`` to finish. What was written is
-recorded; a chunk left with fewer than n replicas goes on the repair queue.
-A condemned chunk (marked by GC) is never a dedup hit: it is stored again.
+when the chunk's row is live or condemned in PostgreSQL: the hit makes it live
+and refreshes ``last_ref_at``, so a collector's grace period starts over (a
+condemned chunk still has its bytes; flipping it back first means no sweeper
+can claim it afterwards). Otherwise the bytes go to n up nodes of its
+preference list in parallel; the write counts at w acknowledgements, the others
+get ``straggler_timeout_s`` to finish. What was written is recorded; a chunk
+left with fewer than n replicas goes on the repair queue.
+
+A row in state ``sweeping`` means the garbage collector is deleting the chunk's
+objects right now (see ``dfms.gc``): the write waits until the row is gone and
+then stores the bytes as new. Recording never turns a sweeping row live; if the
+collector claimed the chunk between our check and our record, the bytes just
+written may be deleted, so the write waits and goes round again. Waiting is
+bounded (``SWEEP_WAIT_MAX_S``); past it the write fails with the retryable
+``ChunkBeingSwept``.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import Counter
 
-from dfms.chunkservice.errors import ChunkUnavailable, QuorumNotReached
+from dfms.chunkservice.errors import ChunkBeingSwept, ChunkUnavailable, QuorumNotReached
 from dfms.chunkservice.placement import Placement
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
@@ -30,6 +39,8 @@ CHUNK_WRITE_BYTES = Counter("dfms_chunk_write_bytes_total", "Bytes of chunk writ
                             ["outcome"])
 REPLICA_FAULTS = Counter("dfms_replica_faults_total", "Replicas found bad on read", ["reason"])
 READ_FAILOVERS = Counter("dfms_chunk_read_failovers_total", "Reads that moved to another node")
+SWEEP_WAITS = Counter("dfms_chunk_sweep_waits_total",
+                      "Chunk writes that found the chunk being swept by GC and waited")
 
 # Hashing a few KiB on the event loop is cheaper than a thread hop.
 _INLINE_HASH_BYTES = 64 * 1024
@@ -37,14 +48,23 @@ _INLINE_HASH_BYTES = 64 * 1024
 # retries once (the quorum covers a dead node), a read moves on at once and
 # only comes back with retries when every replica failed.
 WRITE_RETRIES = 1
+# A write of a chunk the collector is sweeping polls until the row is gone.
+SWEEP_WAIT_POLL_S = 0.05
+SWEEP_WAIT_MAX_S = 60.0
 
-_TOUCH_LIVE = """
-UPDATE chunks SET last_ref_at = now() WHERE sha256 = $1 AND state = 'live' RETURNING size
+# The dedup check: a live or condemned chunk still has its bytes.
+_TOUCH = """
+UPDATE chunks SET state = 'live', condemned_at = NULL, last_ref_at = now()
+WHERE sha256 = $1 AND state IN ('live', 'condemned') RETURNING size
 """
+_STATE = "SELECT state FROM chunks WHERE sha256 = $1"
+# Never turns a sweeping row live: then nothing is returned and the write waits.
 _UPSERT_CHUNK = """
 INSERT INTO chunks (sha256, size) VALUES ($1, $2)
 ON CONFLICT (sha256) DO UPDATE
 SET state = 'live', condemned_at = NULL, last_ref_at = now()
+WHERE chunks.state <> 'sweeping'
+RETURNING 1
 """
 _UPSERT_REPLICAS = """
 INSERT INTO chunk_replicas (chunk_sha256, node_id)
@@ -73,6 +93,26 @@ async def sha256_of(data: bytes) -> bytes:
     return await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
 
 
+class _SweepWait:
+    """Bounded polling while the garbage collector sweeps a chunk we want to write."""
+
+    def __init__(self, digest: bytes) -> None:
+        self._digest = digest
+        self._deadline: float | None = None
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            SWEEP_WAITS.inc()
+            self._deadline = loop.time() + SWEEP_WAIT_MAX_S
+        elif loop.time() >= self._deadline:
+            CHUNK_WRITES.labels("sweep_timeout").inc()
+            raise ChunkBeingSwept(f"chunk {self._digest.hex()[:16]} is still being deleted "
+                                  f"by the garbage collector after {SWEEP_WAIT_MAX_S:.0f} s; "
+                                  "retry the write")
+        await asyncio.sleep(SWEEP_WAIT_POLL_S)
+
+
 class ChunkStore:
     def __init__(self, pool: asyncpg.Pool, placement: Placement, *, replicas_n: int,
                  write_quorum_w: int, straggler_timeout_s: float) -> None:
@@ -85,10 +125,28 @@ class ChunkStore:
     # -- write -------------------------------------------------------------------
 
     async def put(self, digest: bytes, data: bytes) -> StoreOutcome:
-        if await self._pool.fetchval(_TOUCH_LIVE, digest) is not None:
-            CHUNK_WRITES.labels("dedup").inc()
-            CHUNK_WRITE_BYTES.labels("dedup").inc(len(data))
-            return StoreOutcome(new=False, replicas=0)
+        sweep = _SweepWait(digest)
+        while True:
+            if await self._dedup_hit(digest):
+                CHUNK_WRITES.labels("dedup").inc()
+                CHUNK_WRITE_BYTES.labels("dedup").inc(len(data))
+                return StoreOutcome(new=False, replicas=0)
+            if await self._pool.fetchval(_STATE, digest) == "sweeping":
+                await sweep.wait()  # its bytes are being deleted: store them once it is gone
+                continue
+            acks = await self._store_new(digest, data)
+            if await self._record(digest, len(data), acks):
+                CHUNK_WRITES.labels("new").inc()
+                CHUNK_WRITE_BYTES.labels("new").inc(len(data))
+                return StoreOutcome(new=True, replicas=len(acks))
+            # Claimed by a sweeper since the check: what we wrote may be deleted too.
+            await sweep.wait()
+
+    async def _dedup_hit(self, digest: bytes) -> bool:
+        return await self._pool.fetchval(_TOUCH, digest) is not None
+
+    async def _store_new(self, digest: bytes, data: bytes) -> list[str]:
+        """Write the replicas; the nodes that acknowledged (at least w)."""
         hex_digest = digest.hex()
         targets = self._placement.write_targets(hex_digest, self.n)
         acks, errors = await self._write_replicas(targets, chunk_key(hex_digest), data,
@@ -99,10 +157,7 @@ class ChunkStore:
                 errors.append(f"only {len(targets)} usable node(s) for this chunk")
             # Partial copies stay as unrecorded objects; GC removes orphans.
             raise QuorumNotReached.for_chunk(hex_digest, len(acks), self.w, errors)
-        await self._record(digest, len(data), acks)
-        CHUNK_WRITES.labels("new").inc()
-        CHUNK_WRITE_BYTES.labels("new").inc(len(data))
-        return StoreOutcome(new=True, replicas=len(acks))
+        return acks
 
     async def _write_replicas(self, targets: list[str], key: str, data: bytes,
                               hex_digest: str) -> tuple[list[str], list[str]]:
@@ -144,12 +199,15 @@ class ChunkStore:
                       extra={"node": node})
             errors.append(f"{node}: {type(exc).__name__}")
 
-    async def _record(self, digest: bytes, size: int, nodes: list[str]) -> None:
+    async def _record(self, digest: bytes, size: int, nodes: list[str]) -> bool:
+        """Record the chunk live with its replicas; False if a sweeper holds its row."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_UPSERT_CHUNK, digest, size)
+            if await conn.fetchval(_UPSERT_CHUNK, digest, size) is None:
+                return False
             await conn.execute(_UPSERT_REPLICAS, digest, nodes)
             if len(nodes) < self.n:
                 await conn.execute(_ENQUEUE_REPAIR, digest, None, "under_replicated")
+        return True
 
     # -- read ---------------------------------------------------------------------
 

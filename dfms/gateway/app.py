@@ -15,14 +15,31 @@ from aiohttp import web
 from dfms.auth.tokens import TokenService
 from dfms.chunkservice.client import ChunkClient
 from dfms.config import Config
-from dfms.gateway import ratelimit, routes_auth, routes_files, routes_folders
+from dfms.gateway import (
+    ratelimit,
+    routes_admin,
+    routes_auth,
+    routes_files,
+    routes_folders,
+    routes_gc,
+    routes_multipart,
+    routes_openapi,
+    routes_search,
+    routes_shares,
+    routes_storage,
+    routes_trash,
+    routes_versions,
+)
 from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY, PG_KEY, REDIS_KEY, TOKENS_KEY
 from dfms.gateway.middleware import add_request_id, error_middleware, request_id_middleware
 from dfms.metadata.db import create_pool
 from dfms.runtime.ops import add_ops_routes
 from dfms.runtime.service import Service
 
-ROUTE_MODULES = (routes_auth, routes_files, routes_folders)
+# Each module owns its paths; every one of them must be in api/openapi.yaml.
+ROUTE_MODULES = (routes_auth, routes_multipart, routes_files, routes_versions, routes_folders,
+                 routes_trash, routes_storage, routes_search, routes_shares, routes_admin,
+                 routes_gc, routes_openapi)
 
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:

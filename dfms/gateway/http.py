@@ -25,6 +25,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise bad_request("invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise bad_request("invalid_json", "the body must be a JSON object")
+    try:
+        # JSON may escape lone UTF-16 surrogates ("\ud800"), which are not text.
+        json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise bad_request("invalid_json", "the body contains invalid Unicode") from None
     return doc
 
 

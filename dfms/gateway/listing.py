@@ -31,15 +31,24 @@ def _decode_cursor(cursor: str, sort: str, order: str) -> tuple[Any, uuid.UUID]:
         c_sort, c_order, value, row_id = json.loads(raw)
         if isinstance(value, dict):
             value = datetime.fromisoformat(value["t"])
-        parsed = uuid.UUID(row_id)
-    except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+        parsed = uuid.UUID(str(row_id))
+    except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
         raise bad_request("invalid_cursor", "the cursor is malformed") from None
     if (c_sort, c_order) != (sort, order):
         raise bad_request("invalid_cursor", "the cursor belongs to another sort order")
     expected = {"name": str, "size": int}.get(sort, datetime)
-    if not isinstance(value, expected) or isinstance(value, bool):
+    if not isinstance(value, expected) or isinstance(value, bool) or not _storable(value):
         raise bad_request("invalid_cursor", "the cursor is malformed")
     return value, parsed
+
+
+def _storable(value: Any) -> bool:
+    """A forged cursor must not reach PostgreSQL with values it cannot take."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return isinstance(value, datetime) and value.tzinfo is not None
 
 
 def _sort_value(row: ns.FileRow, sort: str) -> Any:

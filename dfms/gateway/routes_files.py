@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dfms.chunkservice.errors import (
     ChecksumMismatch,
@@ -22,8 +23,11 @@ from dfms.chunkservice.errors import (
     QuorumNotReached,
     UploadTooLarge,
 )
+from dfms.chunkservice.pipeline import UploadSummary
 from dfms.errors import DependencyUnavailable
+from dfms.events.outbox import emit
 from dfms.gateway import ranges
+from dfms.gateway.commit import Content, commit_content, etag_of, precheck, quota_error
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import ApiError, bad_request, not_found
 from dfms.gateway.http import parse_uuid, read_json
@@ -34,6 +38,7 @@ from dfms.gateway.names import clean_name
 from dfms.gateway.routes_folders import name_clash, resolve_parent
 from dfms.gateway.security import authenticate
 from dfms.gateway.views import file_json
+from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns
 from dfms.runtime.logs import get_logger
 
@@ -85,6 +90,14 @@ async def _idle_guarded(read: Any, idle_s: float) -> AsyncIterator[bytes]:
 
 
 async def _from_form(request: web.Request, idle_s: float) -> IncomingFile:
+    try:
+        return await _read_form(request, idle_s)
+    except (ValueError, RuntimeError, HttpProcessingError) as exc:
+        # No boundary, broken part headers...: the client's form, not our failure.
+        raise bad_request("invalid_form", f"the multipart form is malformed: {exc}") from None
+
+
+async def _read_form(request: web.Request, idle_s: float) -> IncomingFile:
     reader = await request.multipart()
     folder_raw: str | None = request.headers.get("X-Folder-Id")
     while True:
@@ -151,46 +164,67 @@ def _storage_error(exc: Exception, limit: int) -> ApiError:
 
 async def upload(request: web.Request) -> web.Response:
     user = await authenticate(request)
-    cfg = request.app[CONFIG_KEY].gateway
-    limit = cfg.max_upload_bytes
+    cfg = request.app[CONFIG_KEY]
+    limit = cfg.gateway.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"uploads are limited to {limit} bytes")
     form = request.content_type.startswith("multipart/form-data")
-    incoming = (await _from_form(request, cfg.body_idle_timeout_s) if form
-                else _from_raw(request, cfg.body_idle_timeout_s))
+    idle_s = cfg.gateway.body_idle_timeout_s
+    incoming = await _from_form(request, idle_s) if form else _from_raw(request, idle_s)
     name = clean_name(incoming.name, "file name")
+    if_match = request.headers.get("If-Match")
     pool = request.app[PG_KEY]
     folder = await resolve_parent(pool, user, incoming.folder_raw)
-    if await ns.name_taken(pool, user.id, folder, name):
-        raise name_clash(name)  # before streaming: refuse early, store nothing
-    sniffer = _Sniffer(incoming.frames)
+    await precheck(pool, user.id, folder, name, if_match)  # refuse early, store nothing
+    room = await lc.room_left(pool, user.id, cfg.lifecycle)
+    if room is not None and (request.content_length or 0) > room:
+        raise quota_error(await lc.quota_bytes(pool, user.id, cfg.lifecycle))
+    stored, head = await store_stream(request, user.id, incoming.frames,
+                                      incoming.expected_sha256, limit, room)
+    content = Content(stored.total_size, stored.sha256, detect(head, name),
+                      [(c.sha256, c.offset, c.size) for c in stored.chunks])
+    async with pool.acquire() as conn, conn.transaction():
+        # A failure here leaves the stored chunks unreferenced: GC reclaims them.
+        row = await commit_content(conn, cfg.lifecycle, user.id, folder, name, content,
+                                   if_match=if_match)
+    body = {**file_json(row), "file": str(row.id), "new_chunks": stored.new_chunks,
+            "dedup_chunks": stored.dedup_chunks, "new_bytes": stored.new_bytes,
+            "dedup_bytes": stored.dedup_bytes}
+    return web.json_response(body, status=201,
+                             headers={"Location": f"{API_PREFIX}/files/{row.id}",
+                                      "ETag": etag_of(row.sha256)})
+
+
+async def store_stream(request: web.Request, owner: uuid.UUID, frames: AsyncIterator[bytes],
+                       expected_sha256: bytes, limit: int, room: int | None
+                       ) -> tuple[UploadSummary, bytes]:
+    """Stream ``frames`` into the chunk service; the stored summary and the first bytes.
+
+    The size cap is the upload limit or the quota room, whichever is smaller; going
+    past it fails the stream (413 or 507) and nothing becomes visible.
+    """
+    cap = limit if room is None else min(limit, room)
+    sniffer = _Sniffer(frames)
+    # On the wire 0 means "no limit"; a cap of 0 (quota full) is sent as -1 so that
+    # any byte fails while an empty file still fits.
     try:
         summary = await request.app[CHUNKS_KEY].upload(
-            aiter(sniffer), upload_id=request_id(request), owner_id=str(user.id),
-            max_size=limit, expected_sha256=incoming.expected_sha256)
+            aiter(sniffer), upload_id=request_id(request), owner_id=str(owner),
+            max_size=cap if cap > 0 else -1, expected_sha256=expected_sha256)
     except BodyFailed as exc:
         log.info("upload aborted", extra={"reason": str(exc)})
         raise bad_request("incomplete_body", str(exc)) from None
+    except UploadTooLarge as exc:
+        if room is not None and cap == room and room < limit:
+            quota = await lc.quota_bytes(request.app[PG_KEY], owner,
+                                         request.app[CONFIG_KEY].lifecycle)
+            raise quota_error(quota) from exc
+        raise _storage_error(exc, limit) from exc
     except (ChunkServiceError, DependencyUnavailable) as exc:
         if isinstance(exc.__cause__, BodyFailed) or "request body" in str(exc):
             raise bad_request("incomplete_body", str(exc)) from None
         raise _storage_error(exc, limit) from exc
-    mime = detect(sniffer.head, name)
-    entries = [(c.sha256, c.offset, c.size) for c in summary.chunks]
-    async with pool.acquire() as conn, conn.transaction():
-        await ns.lock_names(conn, user.id, folder)
-        if await ns.name_taken(conn, user.id, folder, name):
-            raise name_clash(name)  # lost a race; the stored chunks are left to GC
-        manifest_id = await ns.insert_manifest(conn, summary.total_size, summary.sha256,
-                                               entries)
-        file_id = await ns.create_file(conn, user.id, folder, name, manifest_id, mime)
-        row = await ns.get_file(conn, user.id, file_id)
-    assert row is not None
-    body = {**file_json(row), "file": str(row.id), "new_chunks": summary.new_chunks,
-            "dedup_chunks": summary.dedup_chunks, "new_bytes": summary.new_bytes,
-            "dedup_bytes": summary.dedup_bytes}
-    return web.json_response(body, status=201, headers={"Location": f"{API_PREFIX}/files/"
-                                                         f"{row.id}"})
+    return summary, sniffer.head
 
 
 async def list_files(request: web.Request) -> web.Response:
@@ -237,8 +271,11 @@ async def update_file(request: web.Request) -> web.Response:
 async def delete_file(request: web.Request) -> web.Response:
     user = await authenticate(request)
     file_id = parse_uuid(request.match_info["file_id"], "file")
-    if not await ns.soft_delete_file(request.app[PG_KEY], user.id, file_id):
-        raise not_found("file")
+    async with request.app[PG_KEY].acquire() as conn, conn.transaction():
+        if not await ns.soft_delete_file(conn, user.id, file_id):
+            raise not_found("file")
+        await emit(conn, "dfms.files", str(file_id), "file.deleted",
+                   {"file_id": str(file_id), "owner_id": str(user.id)})
     return web.Response(status=204)
 
 

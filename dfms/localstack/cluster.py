@@ -69,6 +69,9 @@ SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("chunk-service", "chunk-service", ("chunk_service", "ops_port"),
                grpc_port_key=("chunk_service", "grpc_port")),
     ServiceDef("gateway", "gateway", ("gateway", "port")),
+    ServiceDef("gc-worker", "gc-worker", ("gc", "ops_port")),
+    ServiceDef("event-relay", "event-relay", ("events", "ops_port")),
+    ServiceDef("health-monitor", "health-monitor", ("healthmon", "ops_port")),
 )
 
 
@@ -284,6 +287,9 @@ class LocalCluster:
             "gateway": {"port": ports.get("gateway", gateway_port or None)},
             "chunk_service": {"grpc_port": ports.get("chunk_service.grpc"),
                               "ops_port": ports.get("chunk_service.ops")},
+            "gc": {"ops_port": ports.get("gc.ops")},
+            "events": {"ops_port": ports.get("events.ops")},
+            "healthmon": {"ops_port": ports.get("healthmon.ops")},
             "chunk_client": {"target": f"{LOOPBACK}:{ports.assigned['chunk_service.grpc']}"},
             "auth": {"keys_dir": str(self.data_dir / "keys")},
         }

@@ -129,25 +129,48 @@ async def folder_is_empty(conn: asyncpg.Connection, folder_id: uuid.UUID) -> boo
         folder_id)
 
 
+async def folder_path(conn: asyncpg.Connection | asyncpg.Pool,
+                      folder_id: uuid.UUID | None) -> str:
+    """'/a/b' for a folder (trashed ancestors included); '/' for the root."""
+    if folder_id is None:
+        return "/"
+    names = await conn.fetchval(
+        """
+        WITH RECURSIVE up AS (
+            SELECT id, parent_id, name, 0 AS depth FROM folders WHERE id = $1
+            UNION ALL
+            SELECT f.id, f.parent_id, f.name, up.depth + 1 FROM folders f
+            JOIN up ON f.id = up.parent_id
+        )
+        SELECT array_agg(name ORDER BY depth DESC) FROM up
+        """, folder_id)
+    return "/" + "/".join(names or [])
+
+
 async def delete_subtree(conn: asyncpg.Connection, folder_id: uuid.UUID) -> tuple[int, int]:
-    """Soft-delete a folder, every folder below it and every file in them; one statement
-    each, in the caller's transaction. Returns (folders, files) deleted."""
+    """Move a folder, every folder below it and every file in them to the trash, in the
+    caller's transaction. Only the folder itself is listed in the trash; the rest is
+    marked as taken along with it. Returns (folders, files) trashed."""
+    parent = await conn.fetchval("SELECT parent_id FROM folders WHERE id = $1", folder_id)
+    await conn.execute(
+        "UPDATE folders SET deleted_at = now(), updated_at = now(), trashed_with = NULL, "
+        "original_path = $2 WHERE id = $1", folder_id, await folder_path(conn, parent))
     folders = await conn.fetch(
         """
         WITH RECURSIVE tree AS (
-            SELECT id FROM folders WHERE id = $1
+            SELECT id FROM folders WHERE parent_id = $1 AND deleted_at IS NULL
             UNION ALL
             SELECT f.id FROM folders f JOIN tree ON f.parent_id = tree.id
             WHERE f.deleted_at IS NULL
         )
-        UPDATE folders SET deleted_at = now(), updated_at = now()
-        WHERE id IN (SELECT id FROM tree) AND deleted_at IS NULL RETURNING id
+        UPDATE folders SET deleted_at = now(), updated_at = now(), trashed_with = $1
+        WHERE id IN (SELECT id FROM tree) RETURNING id
         """, folder_id)
-    ids = [r["id"] for r in folders]
+    ids = [folder_id, *(r["id"] for r in folders)]
     files = await conn.fetchval(
-        "WITH gone AS (UPDATE files SET deleted_at = now(), updated_at = now() "
-        "WHERE folder_id = ANY($1::uuid[]) AND deleted_at IS NULL RETURNING 1) "
-        "SELECT count(*) FROM gone", ids)
+        "WITH gone AS (UPDATE files SET deleted_at = now(), updated_at = now(), "
+        "trashed_with = $2 WHERE folder_id = ANY($1::uuid[]) AND deleted_at IS NULL "
+        "RETURNING 1) SELECT count(*) FROM gone", ids, folder_id)
     return len(ids), int(files)
 
 
@@ -202,12 +225,19 @@ async def update_file(conn: asyncpg.Connection, file_id: uuid.UUID, name: str,
                        "WHERE id = $1", file_id, name, folder)
 
 
-async def soft_delete_file(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def soft_delete_file(conn: asyncpg.Connection, owner: uuid.UUID,
                            file_id: uuid.UUID) -> bool:
-    done = await conn.fetchval(
-        "UPDATE files SET deleted_at = now(), updated_at = now() "
-        "WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL RETURNING 1", file_id, owner)
-    return done is not None
+    """Move a file to the trash, remembering the path of its folder."""
+    folder = await conn.fetchrow(
+        "SELECT folder_id FROM files WHERE id = $1 AND owner_id = $2 AND deleted_at IS NULL "
+        "FOR UPDATE", file_id, owner)
+    if folder is None:
+        return False
+    await conn.execute(
+        "UPDATE files SET deleted_at = now(), updated_at = now(), trashed_with = NULL, "
+        "original_path = $2 WHERE id = $1", file_id,
+        await folder_path(conn, folder["folder_id"]))
+    return True
 
 
 SORT_COLUMNS = {"name": "f.name", "size": "m.size", "updated_at": "f.updated_at",

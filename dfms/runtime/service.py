@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import Mapping
@@ -132,8 +133,11 @@ class BackgroundService(Service):
         PASSES.labels(self.name, "ok" if stats.errors == 0 else "partial").inc()
         for counter, amount in stats.counters.items():
             PASS_ITEMS.labels(self.name, counter).inc(amount)
-        self.log.info("pass done", extra={"seconds": round(elapsed, 3), **stats.counters,
-                                          "errors": stats.errors})
+        busy = stats.errors or any(stats.counters.values())
+        # Idle passes (every second for the relay) would drown the log at INFO.
+        self.log.log(logging.INFO if busy else logging.DEBUG, "pass done",
+                     extra={"seconds": round(elapsed, 3), **stats.counters,
+                            "errors": stats.errors})
 
     async def _start(self) -> None:
         self._loop_task = asyncio.create_task(self.run_forever(self.interval_s),

@@ -13,6 +13,7 @@ import io
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -75,10 +76,13 @@ class NodeClient:
         host = endpoint.split("://", 1)[-1].rstrip("/")
         timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, cfg.request_timeout_s),
                                         sock_read=cfg.request_timeout_s)
+        # The Minio client validates its arguments: build it first so a bad config
+        # cannot leave an open session behind.
+        self._minio = _Minio(host, access_key=cfg.access_key, secret_key=cfg.secret_key,
+                             secure=secure, region=cfg.region)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS_PER_NODE), timeout=timeout)
-        self._minio = _Minio(host, access_key=cfg.access_key, secret_key=cfg.secret_key,
-                             secure=secure, region=cfg.region, session=self._session)
+        self._minio.set_session(self._session)
 
     async def close(self) -> None:
         await self._session.close()
@@ -143,8 +147,26 @@ class NodeClient:
         except Exception as exc:
             raise self._translate(exc) from exc
 
+    async def list_with_times(self, prefix: str = ""
+                              ) -> AsyncIterator[tuple[str, int, datetime | None]]:
+        """``(key, size, last_modified)`` of every object under ``prefix``, in key order.
+
+        Streamed a listing page (1000 keys) at a time; ``last_modified`` is the node's
+        clock (timezone-aware), None if the node did not say.
+        """
+        try:
+            async for obj in self._minio.list_objects(self.bucket, prefix=prefix,
+                                                      recursive=True):
+                yield str(obj.object_name), int(obj.size or 0), obj.last_modified
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
     async def ping(self) -> None:
-        await self._retrying("ping", lambda: self._minio.bucket_exists(self.bucket), retries=0)
+        """The node answers and holds the chunk bucket."""
+        exists = await self._retrying("ping", lambda: self._minio.bucket_exists(self.bucket),
+                                      retries=0)
+        if not exists:
+            raise StorageRejected(self.node_id, f"bucket {self.bucket!r} does not exist")
 
     # -- plumbing ----------------------------------------------------------------
 

@@ -126,7 +126,8 @@ async def test_has_chunks_and_stat(client: ChunkClient) -> None:
     stat = await client.stat()
     assert stat.replicas_n == 3 and stat.write_quorum_w == 2
     assert stat.chunk_count >= len(summary.chunks)
-    assert [n.node_id for n in stat.nodes] == ["node-1", "node-2", "node-3"]
+    active = [n.node_id for n in stat.nodes if n.admin_state == "active"]
+    assert {"node-1", "node-2", "node-3"} <= set(active)
     with pytest.raises(InvalidRequest):
         await client.has_chunks([b"short"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import uuid
 from urllib.parse import quote
@@ -123,9 +124,10 @@ async def test_checksum_mismatch_leaves_no_file(api: Api, user: ApiUser) -> None
     assert status == 200 and listing["items"] == []
 
 
-async def test_same_name_in_a_folder_is_409_until_versions(api: Api, user: ApiUser) -> None:
-    assert (await api.upload(user, "dup.txt", b"one"))[0] == 201
-    status, body = await api.upload(user, "dup.txt", b"two")
+async def test_a_file_cannot_take_a_folders_name(api: Api, user: ApiUser) -> None:
+    status, folder, _ = await api.request("POST", "/folders", user, json={"name": "dup"})
+    assert status == 201, folder
+    status, body = await api.upload(user, "dup", b"one")
     assert_error(status, body, 409, "name_taken")
 
 
@@ -272,3 +274,27 @@ async def test_a_failure_after_headers_aborts_the_connection(
             async for piece in resp.content.iter_chunked(MIB):
                 got += piece
     assert len(got) < len(data)  # a short body, never presented as complete
+
+
+async def test_malformed_forms_and_forged_cursors_are_400(api: Api, user: ApiUser) -> None:
+    status, body, _ = await api.request(
+        "POST", "/files/upload", user, data=b"--x\r\n",
+        headers={"Content-Type": "multipart/form-data"})  # no boundary
+    assert_error(status, body, 400, "invalid_form")
+    status, body, _ = await api.request(
+        "POST", "/files/upload", user,
+        data=b"--b\r\nContent-Disposition: form-data; name=\"file\"\x01\r\n\r\nx\r\n--b--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert_error(status, body, 400, "invalid_form")
+    import base64
+
+    def cursor(doc: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    for forged, sort in ((["name", "asc", "a", 5], "name"),
+                         (["name", "asc", "a\x00b", str(uuid.uuid4())], "name"),
+                         (["size", "asc", 10**23, str(uuid.uuid4())], "size"),
+                         (["size", "asc", True, str(uuid.uuid4())], "size")):
+        status, body, _ = await api.request(
+            "GET", f"/files?sort={sort}&cursor={cursor(forged)}", user)
+        assert_error(status, body, 400, "invalid_cursor")

@@ -102,3 +102,13 @@ async def test_another_users_folders_are_404(api: Api, user: ApiUser) -> None:
     assert_error(status, body, 404, "not_found")
     status, body, _ = await api.request("GET", "/folders/not-a-uuid/contents", user)
     assert_error(status, body, 404, "not_found")
+
+
+async def test_lone_surrogates_in_json_are_400(api: Api, user: ApiUser) -> None:
+    status, body, _ = await api.request("POST", "/folders", user, data=b'{"name": "\\ud800"}',
+                                        headers={"Content-Type": "application/json"})
+    assert_error(status, body, 400, "invalid_json")
+    status, body, _ = await api.request(
+        "POST", "/auth/login", None, data=b'{"email": "a@b.co", "password": "\\udfff"}',
+        headers={"Content-Type": "application/json"})
+    assert_error(status, body, 400, "invalid_json")

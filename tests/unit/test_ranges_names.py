@@ -108,3 +108,12 @@ def test_content_disposition_carries_any_name() -> None:
     value = content_disposition('rapport "final" ✓.pdf')
     assert value.startswith('attachment; filename="rapport _final_ _.pdf"')
     assert value.endswith("filename*=UTF-8''rapport%20%22final%22%20%E2%9C%93.pdf")
+
+
+def test_restored_names_stay_within_the_limit() -> None:
+    from dfms.metadata.trash import restored_name
+
+    assert restored_name("report.pdf", 1) == "report (restored).pdf"
+    assert restored_name("README", 3) == "README (restored 3)"
+    long = restored_name("é" * 125 + ".txt", 2)
+    assert len(long.encode()) <= 255 and long.endswith(" (restored 2).txt")

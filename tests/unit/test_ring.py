@@ -530,3 +530,10 @@ def test_loads_accepts_integer_weights_and_sorts_members() -> None:
 def test_dumps_refuses_invalid_data() -> None:
     with pytest.raises(InvalidRing):
         dumps(RingData(1, 150, ()))
+
+
+def test_an_absurd_weight_is_refused_not_a_crash() -> None:
+    builder = RingBuilder()
+    builder.add_node("a", "z", 1e308)
+    with pytest.raises(InvalidRing, match="virtual nodes"):
+        builder.build()

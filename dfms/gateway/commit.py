@@ -1,0 +1,104 @@
+"""Committing stored content as a file version: one transaction, under the name lock.
+
+Used by plain uploads and by multipart completion. Uploading to a name that is
+taken by a file in the folder appends a version to that file (it keeps its id);
+a folder of that name is a 409. Per-user commits are serialized so the quota
+check (507) cannot race, and ``If-Match`` guards against lost updates (412).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from dfms.config import LifecycleConfig
+from dfms.events.outbox import emit
+from dfms.gateway.errors import ApiError, conflict
+from dfms.metadata import lifecycle as lc
+from dfms.metadata import namespace as ns
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    size: int
+    sha256: bytes
+    mime_type: str
+    entries: list[tuple[bytes, int, int]]  # (chunk sha256, offset, size)
+
+
+def quota_error(quota: int | None) -> ApiError:
+    return ApiError(507, "quota_exceeded",
+                    f"this would exceed your storage quota of {quota} bytes")
+
+
+def etag_of(sha256: bytes) -> str:
+    return f'"{sha256.hex()}"'
+
+
+def _check_if_match(if_match: str | None, current: ns.FileRow | None) -> None:
+    if if_match is None:
+        return
+    tags = {t.strip() for t in if_match.split(",")}
+    if current is None or not ("*" in tags or etag_of(current.sha256) in tags):
+        raise ApiError(412, "precondition_failed",
+                       "the file changed since you read it (If-Match did not match)")
+
+
+async def live_file_named(conn: asyncpg.Connection, owner: uuid.UUID,
+                          folder: uuid.UUID | None, name: str) -> ns.FileRow | None:
+    file_id = await conn.fetchval(
+        "SELECT id FROM files WHERE owner_id = $1 AND folder_id IS NOT DISTINCT FROM $2 "
+        "AND name = $3 AND deleted_at IS NULL FOR UPDATE", owner, folder, name)
+    return None if file_id is None else await ns.get_file(conn, owner, file_id)
+
+
+async def folder_named(conn: asyncpg.Connection, owner: uuid.UUID, folder: uuid.UUID | None,
+                       name: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM folders WHERE owner_id = $1 AND deleted_at IS NULL "
+        "AND parent_id IS NOT DISTINCT FROM $2 AND name = $3)", owner, folder, name))
+
+
+async def precheck(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+                   folder: uuid.UUID | None, name: str, if_match: str | None) -> None:
+    """Cheap checks before any byte is stored (repeated at commit, where they count)."""
+    if await folder_named(conn, owner, folder, name):  # type: ignore[arg-type]
+        raise conflict("name_taken", f"a folder named {name!r} already exists there")
+    if if_match is not None:
+        file_id = await conn.fetchval(
+            "SELECT id FROM files WHERE owner_id = $1 AND folder_id IS NOT DISTINCT FROM $2 "
+            "AND name = $3 AND deleted_at IS NULL", owner, folder, name)
+        current = None if file_id is None else await ns.get_file(conn, owner, file_id)
+        _check_if_match(if_match, current)
+
+
+async def commit_content(conn: asyncpg.Connection, cfg: LifecycleConfig, owner: uuid.UUID,
+                         folder: uuid.UUID | None, name: str, content: Content, *,
+                         if_match: str | None = None) -> ns.FileRow:
+    """Store ``content`` as a new file or a new version; the caller owns the transaction."""
+    await lc.lock_user(conn, owner)
+    await ns.lock_names(conn, owner, folder)
+    if await folder_named(conn, owner, folder, name):
+        raise conflict("name_taken", f"a folder named {name!r} already exists there")
+    current = await live_file_named(conn, owner, folder, name)
+    _check_if_match(if_match, current)
+    room = await lc.room_left(conn, owner, cfg)
+    if room is not None and content.size > room:
+        raise quota_error(await lc.quota_bytes(conn, owner, cfg))
+    manifest_id = await ns.insert_manifest(conn, content.size, content.sha256, content.entries)
+    if current is None:
+        file_id = await ns.create_file(conn, owner, folder, name, manifest_id,
+                                       content.mime_type)
+    else:
+        file_id = current.id
+        await lc.add_version(conn, file_id, manifest_id, content.mime_type)
+    row = await ns.get_file(conn, owner, file_id)
+    assert row is not None
+    await emit(conn, "dfms.files", str(file_id), "file.uploaded", {
+        "file_id": str(file_id), "owner_id": str(owner), "version": row.version,
+        "size": row.size, "sha256": row.sha256.hex(), "manifest_id": str(manifest_id),
+        "name": row.name, "folder_id": None if folder is None else str(folder),
+        "mime_type": row.mime_type, "chunk_count": row.chunk_count})
+    return row

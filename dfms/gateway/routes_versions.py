@@ -1,0 +1,115 @@
+"""File versions: list, download any version, restore (rollback) and delete."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from aiohttp import web
+
+from dfms.gateway.commit import etag_of, quota_error
+from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
+from dfms.gateway.errors import conflict, not_found
+from dfms.gateway.http import parse_uuid
+from dfms.gateway.routes_files import serve_content
+from dfms.gateway.security import authenticate
+from dfms.gateway.views import file_json
+from dfms.metadata import lifecycle as lc
+from dfms.metadata import namespace as ns
+
+
+def _version_number(request: web.Request) -> int:
+    raw = request.match_info["version"]
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 2**31:
+        raise not_found("version")
+    return int(raw)
+
+
+async def _file(request: web.Request) -> tuple[ns.FileRow, uuid.UUID]:
+    user = await authenticate(request)
+    row = await ns.get_file(request.app[PG_KEY], user.id,
+                            parse_uuid(request.match_info["file_id"], "file"))
+    if row is None:
+        raise not_found("file")
+    return row, user.id
+
+
+def _version_json(v: lc.VersionRow, current: int) -> dict[str, object]:
+    return {"version": v.version, "size": v.size, "sha256": v.sha256.hex(),
+            "mime_type": v.mime_type, "chunk_count": v.chunk_count,
+            "created_at": v.created_at.isoformat(),  # type: ignore[attr-defined]
+            "current": v.version == current}
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    row, _ = await _file(request)
+    versions = await lc.list_versions(request.app[PG_KEY], row.id)
+    return web.json_response({"file_id": str(row.id), "current_version": row.version,
+                              "versions": [_version_json(v, row.version) for v in versions]})
+
+
+async def _find(request: web.Request, row: ns.FileRow) -> lc.VersionRow:
+    number = _version_number(request)
+    for v in await lc.list_versions(request.app[PG_KEY], row.id):
+        if v.version == number:
+            return v
+    raise not_found("version")
+
+
+async def download_version(request: web.Request) -> web.StreamResponse:
+    row, _ = await _file(request)
+    v = await _find(request, row)
+    as_of = dataclasses.replace(row, size=v.size, sha256=v.sha256, mime_type=v.mime_type,
+                                version=v.version, chunk_count=v.chunk_count,
+                                manifest_id=v.manifest_id)
+    return await serve_content(request, as_of)
+
+
+async def restore_version(request: web.Request) -> web.Response:
+    """Rollback: a new current version whose manifest is version n's (no bytes copied)."""
+    row, owner = await _file(request)
+    number = _version_number(request)
+    cfg = request.app[CONFIG_KEY].lifecycle
+    async with request.app[PG_KEY].acquire() as conn, conn.transaction():
+        await lc.lock_user(conn, owner)
+        await conn.execute("SELECT 1 FROM files WHERE id = $1 FOR UPDATE", row.id)
+        source = await conn.fetchrow(
+            "SELECT v.manifest_id, v.mime_type, m.size FROM file_versions v "
+            "JOIN manifests m ON m.id = v.manifest_id WHERE v.file_id = $1 AND v.version = $2",
+            row.id, number)
+        if source is None:
+            raise not_found("version")
+        room = await lc.room_left(conn, owner, cfg)
+        if room is not None and source["size"] > room:
+            raise quota_error(await lc.quota_bytes(conn, owner, cfg))
+        await lc.add_version(conn, row.id, source["manifest_id"], source["mime_type"])
+        restored = await ns.get_file(conn, owner, row.id)
+    assert restored is not None
+    return web.json_response(file_json(restored), status=201,
+                             headers={"ETag": etag_of(restored.sha256)})
+
+
+async def delete_version(request: web.Request) -> web.Response:
+    row, _ = await _file(request)
+    number = _version_number(request)
+    async with request.app[PG_KEY].acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM files WHERE id = $1 FOR UPDATE", row.id)
+        count = await conn.fetchval("SELECT count(*) FROM file_versions WHERE file_id = $1",
+                                    row.id)
+        exists = await conn.fetchval(
+            "SELECT 1 FROM file_versions WHERE file_id = $1 AND version = $2", row.id, number)
+        if exists is None:
+            raise not_found("version")
+        if count == 1:
+            raise conflict("last_version", "a file keeps at least one version; delete the "
+                           "file instead")
+        await lc.delete_version(conn, row.id, number)
+    return web.Response(status=204)
+
+
+def setup_routes(app: web.Application) -> None:
+    base = f"{API_PREFIX}/files/{{file_id}}/versions"
+    app.router.add_get(base, list_versions)
+    app.router.add_get(f"{base}/{{version}}/download", download_version)
+    app.router.add_post(f"{base}/{{version}}/restore", restore_version)
+    app.router.add_delete(f"{base}/{{version}}", delete_version)

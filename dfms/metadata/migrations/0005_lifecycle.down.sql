@@ -1,0 +1,12 @@
+DROP TABLE multipart_parts;
+DROP TABLE multipart_uploads;
+ALTER TABLE users DROP COLUMN keep_versions_days;
+ALTER TABLE users DROP COLUMN keep_versions;
+DROP INDEX folders_parent_idx;
+DROP INDEX files_folder_idx;
+DROP INDEX folders_trash_idx;
+DROP INDEX files_trash_idx;
+ALTER TABLE folders DROP COLUMN original_path;
+ALTER TABLE folders DROP COLUMN trashed_with;
+ALTER TABLE files DROP COLUMN original_path;
+ALTER TABLE files DROP COLUMN trashed_with;

@@ -1,0 +1,115 @@
+"""Multipart uploads and their parts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+Conn = asyncpg.Connection | asyncpg.Pool
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    folder_id: uuid.UUID | None
+    file_name: str
+    file_size: int | None
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    part_number: int
+    manifest_id: uuid.UUID
+    size: int
+    sha256: bytes
+    uploaded_at: datetime
+
+
+_UPLOAD = ("SELECT id, owner_id, folder_id, file_name, file_size, state, created_at, "
+           "expires_at, expires_at < now() AS expired FROM multipart_uploads")
+
+
+def _upload(row: asyncpg.Record) -> Upload:
+    return Upload(row["id"], row["owner_id"], row["folder_id"], row["file_name"],
+                  row["file_size"], row["state"], row["created_at"], row["expires_at"],
+                  row["expired"])
+
+
+async def create(conn: Conn, owner: uuid.UUID, folder: uuid.UUID | None, name: str,
+                 size: int | None, expiry_s: int) -> Upload:
+    row = await conn.fetchrow(
+        "INSERT INTO multipart_uploads (owner_id, folder_id, file_name, file_size, expires_at)"
+        " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) "
+        "RETURNING id, owner_id, folder_id, file_name, file_size, state, created_at, "
+        "expires_at, false AS expired", owner, folder, name, size, float(expiry_s))
+    return _upload(row)
+
+
+async def get(conn: Conn, owner: uuid.UUID, upload_id: uuid.UUID, *,
+              for_update: bool = False) -> Upload | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"{_UPLOAD} WHERE id = $1 AND owner_id = $2{lock}", upload_id,
+                              owner)
+    return _upload(row) if row else None
+
+
+async def parts(conn: Conn, upload_id: uuid.UUID) -> list[Part]:
+    rows = await conn.fetch(
+        "SELECT part_number, manifest_id, size, sha256, uploaded_at FROM multipart_parts "
+        "WHERE upload_id = $1 ORDER BY part_number", upload_id)
+    return [Part(r["part_number"], r["manifest_id"], r["size"], bytes(r["sha256"]),
+                 r["uploaded_at"]) for r in rows]
+
+
+async def part_size(conn: Conn, upload_id: uuid.UUID, number: int) -> int:
+    return int(await conn.fetchval(
+        "SELECT coalesce(max(size), 0) FROM multipart_parts WHERE upload_id = $1 "
+        "AND part_number = $2", upload_id, number))
+
+
+async def put_part(conn: asyncpg.Connection, upload_id: uuid.UUID, number: int,
+                   manifest_id: uuid.UUID, size: int, sha256: bytes) -> None:
+    """Record a part; a re-sent part number replaces the old one (its manifest goes to GC)."""
+    await conn.execute(
+        "INSERT INTO multipart_parts (upload_id, part_number, manifest_id, size, sha256) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (upload_id, part_number) DO UPDATE SET "
+        "manifest_id = EXCLUDED.manifest_id, size = EXCLUDED.size, sha256 = EXCLUDED.sha256, "
+        "uploaded_at = now()", upload_id, number, manifest_id, size, sha256)
+
+
+async def entries(conn: Conn, manifest_ids: list[uuid.UUID]) -> list[tuple[bytes, int, int]]:
+    """The chunks of the parts' manifests, in part order, with file offsets."""
+    rows = await conn.fetch(
+        "SELECT e.chunk_sha256, e.size FROM unnest($1::uuid[]) WITH ORDINALITY AS p(id, n) "
+        "JOIN manifest_entries e ON e.manifest_id = p.id ORDER BY p.n, e.idx", manifest_ids)
+    out: list[tuple[bytes, int, int]] = []
+    offset = 0
+    for row in rows:
+        out.append((bytes(row["chunk_sha256"]), offset, row["size"]))
+        offset += row["size"]
+    return out
+
+
+async def close(conn: asyncpg.Connection, upload_id: uuid.UUID, state: str) -> None:
+    """Complete or abort: the parts' rows go (their manifests are left for GC)."""
+    await conn.execute("DELETE FROM multipart_parts WHERE upload_id = $1", upload_id)
+    await conn.execute("UPDATE multipart_uploads SET state = $2 WHERE id = $1", upload_id,
+                       state)
+
+
+async def expire_stale(conn: asyncpg.Connection) -> int:
+    """Abort every open upload past its expiry; returns how many."""
+    ids = [r["id"] for r in await conn.fetch(
+        "UPDATE multipart_uploads SET state = 'aborted' WHERE state = 'open' "
+        "AND expires_at < now() RETURNING id")]
+    if ids:
+        await conn.execute("DELETE FROM multipart_parts WHERE upload_id = ANY($1::uuid[])", ids)
+    return len(ids)

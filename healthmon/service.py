@@ -1,0 +1,260 @@
+"""The health monitor: probes every storage node each pass and keeps ``nodes.health``.
+
+Each pass probes all nodes that are not ``removed`` (draining nodes still hold data
+that readers need, so they are probed too) concurrently, then records each node in
+its own transaction: ``last_probe_at`` and ``last_probe_latency_ms`` always, and
+``health``/``health_changed_at`` plus a ``node.health_changed`` event only when the
+state machine (``dfms.healthmon.state``) moves the node. The chunk service re-reads
+``nodes.health`` and stops writing to down nodes.
+
+Several monitors may run at once. The node row is locked (``FOR UPDATE``) while a
+monitor applies a probe outcome to the stored state, so a change is written, and
+its event emitted, once. Streak counting (K failures, M successes) is per monitor;
+see ``dfms.healthmon.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+
+from dfms.config import Config
+from dfms.events import outbox
+from dfms.events.topics import NODES_TOPIC
+from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_config
+from dfms.healthmon.state import Health, NodeTrack, Thresholds, seed, step
+from dfms.metadata.db import create_pool
+from dfms.runtime.ops import ReadyCheck
+from dfms.runtime.service import BackgroundService, PassStats, main_for
+from dfms.storage import NodeClient
+
+NODE_HEALTH = Gauge("dfms_node_health", "1 for the node's current health state, else 0",
+                    ["node", "state"])
+PROBE_SECONDS = Histogram("dfms_node_probe_seconds",
+                          "Round trip of a node probe (write, read back, delete)", ["node"],
+                          buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10))
+PROBE_FAILURES = Counter("dfms_node_probe_failures_total", "Failed node probes", ["node"])
+
+# Enough to probe a large cluster within one interval without opening hundreds of sockets.
+MAX_CONCURRENT_PROBES = 16
+HEALTH_CHANGED = "node.health_changed"
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+EmitFn = Callable[[asyncpg.Connection, str, str, str, dict[str, Any]], Awaitable[object]]
+
+# The event hook: ``_record_change`` calls it inside the transaction that changes the
+# node row, as ``await EMIT(conn, topic, key, type, payload)``, so the event exists iff
+# the change commits. None would store state changes without announcing them.
+EMIT: EmitFn | None = outbox.emit
+
+_NODES = "SELECT id, endpoint FROM nodes WHERE admin_state <> 'removed' ORDER BY id"
+_LOCK_NODE = "SELECT health, admin_state FROM nodes WHERE id = $1 FOR UPDATE"
+_PROBED = "UPDATE nodes SET last_probe_at = now(), last_probe_latency_ms = $2 WHERE id = $1"
+_CHANGE = "UPDATE nodes SET health = $2, health_changed_at = now() WHERE id = $1"
+
+
+async def _record_change(conn: asyncpg.Connection, node_id: str, old: Health, new: Health,
+                         reason: str, latency_ms: float | None) -> None:
+    """Store a health change and announce it, in the caller's transaction."""
+    await conn.execute(_CHANGE, node_id, new.value)
+    if EMIT is not None:  # the single event call site
+        await EMIT(conn, NODES_TOPIC, node_id, HEALTH_CHANGED,
+                   {"node_id": node_id, "old": old.value, "new": new.value,
+                    "reason": reason, "latency_ms": latency_ms})
+
+
+def _reason(track: NodeTrack, result: ProbeResult) -> str:
+    if track.health is Health.HEALTHY:
+        return f"{track.successes} consecutive good probe(s)"
+    if track.health is Health.DOWN:
+        return f"{track.failures} consecutive failed probe(s); last: {result.error}"
+    return f"probe failed: {result.error}"
+
+
+def _forget_metrics(node_id: str) -> None:
+    """A removed node has no health to report any more."""
+    for metric, labels in ((PROBE_FAILURES, ()), (PROBE_SECONDS, ()),
+                           *((NODE_HEALTH, (state.value,)) for state in Health)):
+        with contextlib.suppress(KeyError):
+            metric.remove(node_id, *labels)
+
+
+class HealthMonitor(BackgroundService):
+    name = "health_monitor"
+
+    def __init__(self, config: Config, pool: asyncpg.Pool | None = None, *,
+                 instance_id: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.interval_s = config.healthmon.interval_s
+        self.limits = Thresholds(config.healthmon.failures_to_down,
+                                 config.healthmon.successes_to_healthy)
+        # Names this monitor's probe objects, so concurrent monitors never collide.
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self._pool = pool
+        self._own_pool = pool is None
+        self._s3 = probe_s3_config(config.s3, config.healthmon.probe_timeout_s)
+        self._clients: dict[str, NodeClient] = {}
+        self._tracks: dict[str, NodeTrack] = {}
+
+    @property
+    def ops_port(self) -> int:
+        return self.config.healthmon.ops_port
+
+    @property
+    def tracks(self) -> Mapping[str, NodeTrack]:
+        """What this monitor last recorded per node (for tests and debugging)."""
+        return dict(self._tracks)
+
+    async def _start(self) -> None:
+        await self._ensure_pool()
+        await super()._start()
+
+    async def _stop(self) -> None:
+        await super()._stop()
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the node clients, and the pool if this monitor opened it (also after
+        one-off ``run_once()`` calls)."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+        if self._own_pool and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def ready_checks(self) -> dict[str, ReadyCheck]:
+        async def postgres() -> None:
+            assert self._pool is not None
+            await self._pool.fetchval("SELECT 1")
+        return {"postgres": postgres}
+
+    async def _ensure_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await create_pool(self.config.postgres)
+        return self._pool
+
+    # -- one pass ---------------------------------------------------------------------
+
+    async def run_once(self) -> PassStats:
+        pool = await self._ensure_pool()
+        stats = PassStats()
+        try:
+            rows = await pool.fetch(_NODES)
+        except DB_ERRORS:
+            self._db_error(stats, "reading the nodes failed")
+            return stats
+        nodes = {str(r["id"]): str(r["endpoint"]) for r in rows}
+        await self._sync_nodes(nodes)
+        results = await self._probe_all(nodes)
+        for node_id, result in results.items():
+            self._count_probe(node_id, result, stats)
+        try:
+            async with pool.acquire() as conn:
+                for node_id, result in results.items():
+                    await self._record_safely(conn, node_id, result, stats)
+        except DB_ERRORS:  # acquiring a connection failed: nothing of this pass is stored
+            self._db_error(stats, "no database connection to record the probes")
+        return stats
+
+    async def _sync_nodes(self, nodes: Mapping[str, str]) -> None:
+        """Drop clients whose endpoint moved; forget nodes that were removed or deleted."""
+        for node_id, endpoint in nodes.items():
+            client = self._clients.get(node_id)
+            if client is not None and client.endpoint != endpoint:
+                await self._clients.pop(node_id).close()
+            PROBE_FAILURES.labels(node_id)  # a 0 series, so rate() works from the start
+        for gone in (set(self._clients) | set(self._tracks)) - set(nodes):
+            client = self._clients.pop(gone, None)
+            if client is not None:
+                await client.close()
+            self._tracks.pop(gone, None)
+            _forget_metrics(gone)
+
+    def _client(self, node_id: str, endpoint: str) -> NodeClient:
+        client = self._clients.get(node_id)
+        if client is None:
+            client = self._clients[node_id] = NodeClient(node_id, endpoint, self._s3)
+        return client
+
+    async def _probe_all(self, nodes: Mapping[str, str]) -> dict[str, ProbeResult]:
+        limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+
+        async def one(node_id: str, endpoint: str) -> tuple[str, ProbeResult]:
+            async with limit:
+                return node_id, await self._probe(node_id, endpoint)
+
+        return dict(await asyncio.gather(*(one(n, e) for n, e in nodes.items())))
+
+    async def _probe(self, node_id: str, endpoint: str) -> ProbeResult:
+        hm = self.config.healthmon
+        try:
+            return await probe_node(self._client(node_id, endpoint),
+                                    probe_key(self.instance_id, node_id),
+                                    timeout_s=hm.probe_timeout_s,
+                                    latency_limit_ms=hm.latency_limit_ms)
+        except Exception as exc:  # a bad endpoint or an untranslated library error fails
+            # this node's probe, never the pass
+            self.log.exception("probe crashed", extra={"node": node_id})
+            return ProbeResult(False, None, f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _count_probe(node_id: str, result: ProbeResult, stats: PassStats) -> None:
+        if result.latency_ms is not None:
+            PROBE_SECONDS.labels(node_id).observe(result.latency_ms / 1000.0)
+        if result.ok:
+            stats.add("probes_ok")
+        else:
+            stats.add("probes_failed")
+            PROBE_FAILURES.labels(node_id).inc()
+
+    async def _record_safely(self, conn: asyncpg.Connection, node_id: str,
+                             result: ProbeResult, stats: PassStats) -> None:
+        try:
+            await self._record(conn, node_id, result, stats)
+        except DB_ERRORS:  # one node's database trouble never stops the pass
+            self._db_error(stats, "recording a probe failed", node_id)
+
+    async def _record(self, conn: asyncpg.Connection, node_id: str, result: ProbeResult,
+                      stats: PassStats) -> None:
+        async with conn.transaction():
+            row = await conn.fetchrow(_LOCK_NODE, node_id)
+            if row is None or row["admin_state"] == "removed":
+                return  # removed while it was being probed
+            stored = Health(row["health"])
+            track = self._tracks.get(node_id)
+            if track is None or track.health is not stored:
+                # First sight, or another monitor/an operator changed it: count afresh.
+                track = seed(stored, self.limits)
+            new = step(track, result.ok, self.limits)
+            await conn.execute(_PROBED, node_id, result.latency_ms)
+            reason = _reason(new, result)
+            if new.health is not stored:
+                await _record_change(conn, node_id, stored, new.health, reason,
+                                     result.latency_ms)
+        # Only after the commit: a rolled-back pass must not advance the streak.
+        self._tracks[node_id] = new
+        for state in Health:
+            NODE_HEALTH.labels(node_id, state.value).set(1 if state is new.health else 0)
+        if new.health is not stored:
+            stats.add(f"became_{new.health.value}")
+            level = self.log.info if new.health is Health.HEALTHY else self.log.warning
+            level("node health changed", extra={"node": node_id, "old": stored.value,
+                                                "new": new.health.value, "reason": reason})
+
+    def _db_error(self, stats: PassStats, message: str, node_id: str | None = None) -> None:
+        stats.errors += 1
+        stats.add("db_errors")
+        self.log.exception(message, extra={"node": node_id} if node_id else None)
+
+
+def main(config: Config) -> int:
+    """Run the monitor as a process until SIGINT/SIGTERM (for ``dfms health-monitor``)."""
+    return main_for(HealthMonitor(config), config)
