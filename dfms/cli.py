@@ -114,12 +114,14 @@ def cmd_gc_worker(args: argparse.Namespace) -> int:
     from dfms.runtime.service import main_for
 
     cfg = resolve_config(args)
+    if args.dry_run and not args.once:
+        raise ConfigError("--dry-run", True, "only meaningful with --once")
     if not args.once:
         return main_for(GcWorker(cfg), cfg)
     setup_logging(cfg.logging.level, cfg.logging.format)
 
     async def one_pass() -> int:
-        worker = GcWorker(cfg)
+        worker = GcWorker(cfg, dry_run=args.dry_run)
         try:
             stats = await worker.run_once()
         finally:
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gcw = sub.add_parser("gc-worker", help="run the garbage collector (or one pass)")
     gcw.add_argument("--once", action="store_true", help="run one pass, print its counts")
+    gcw.add_argument("--dry-run", action="store_true",
+                     help="with --once: only report what a pass would collect")
     gcw.set_defaults(func=cmd_gc_worker)
 
     clu = sub.add_parser("cluster", help="list, stop, kill or start processes of `dfms up`")

@@ -106,7 +106,17 @@ def headers(record: Record) -> dict[str, str]:
 # --- the outbox ------------------------------------------------------------------------------
 
 async def test_an_upload_writes_one_event_in_its_transaction(
-        api: Api, user: ApiUser, db: asyncpg.Connection) -> None:
+        api: Api, user: ApiUser, db: asyncpg.Connection, cluster: ClusterHandle) -> None:
+    # The cluster's own relay would publish the row at once (changing its xmin);
+    # this test is about the write, so that relay is paused while it looks.
+    await cluster.control("stop", "event-relay")
+    try:
+        await _upload_writes_one_event(api, user, db)
+    finally:
+        await cluster.control("start", "event-relay")
+
+
+async def _upload_writes_one_event(api: Api, user: ApiUser, db: asyncpg.Connection) -> None:
     data = os.urandom(1000)
     status, body = await api.upload(user, "report.bin", data)
     assert status == 201, body
