@@ -277,6 +277,7 @@ async def test_consumer_handles_skips_duplicates_and_dead_letters(
     handled: list[Event] = []
     attempts: dict[uuid.UUID, int] = {}
     after_seen = asyncio.Event()
+    upload_seen = asyncio.Event()  # on another partition (keyed by file id): no order with ours
     test_key = str(uuid.uuid4())
 
     async def handler(conn: asyncpg.Connection, event: Event) -> None:
@@ -286,6 +287,8 @@ async def test_consumer_handles_skips_duplicates_and_dead_letters(
             raise ValueError("this event can never be handled")
         if event.payload.get("owner_id") == user.id or event.key == test_key:
             handled.append(event)
+        if event.payload.get("owner_id") == user.id:
+            upload_seen.set()
         if event.key == test_key and event.type == "test.after":
             after_seen.set()
 
