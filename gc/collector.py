@@ -145,7 +145,7 @@ ORDER BY sha256 LIMIT $2
 """
 _LOCK_CONDEMNED = """
 SELECT sha256 FROM chunks
-WHERE state = 'condemned' AND condemned_at <= $1 AND sha256 > $2
+WHERE state = 'condemned' AND condemned_at < $1 AND sha256 > $2
 ORDER BY sha256 LIMIT $3
 FOR UPDATE SKIP LOCKED
 """
@@ -173,7 +173,7 @@ SELECT count(*) AS n, coalesce(sum(size), 0)::bigint AS bytes FROM gone
 _COUNT_SWEEP = f"""
 SELECT count(*) AS n, coalesce(sum(size), 0)::bigint AS bytes FROM chunks c
 WHERE (c.state = 'sweeping'
-       OR (c.state = 'condemned' AND c.condemned_at <= $1 AND {_UNREFERENCED})
+       OR (c.state = 'condemned' AND c.condemned_at < $1 AND {_UNREFERENCED})
        OR ($2 AND c.state = 'live' AND c.last_ref_at < $1 AND {_UNREFERENCED}))
 """
 
@@ -231,6 +231,7 @@ class ChunkCollector:
         self.stats = stats
         self.dry_run = dry_run
         self.batch = cfg.batch_size
+        self._db = asyncio.Lock()  # the nodes are listed concurrently; the connection is one
 
     async def _cutoff(self) -> datetime:
         """now() minus the grace period, on PostgreSQL's clock."""
@@ -394,13 +395,18 @@ class ChunkCollector:
         for node_id, why in self.nodes.unreachable.items():
             log.warning("orphan objects not collected on an unreachable node",
                         extra={"node": node_id, "error": why})
-        for client in self.nodes.reachable():
+
+        async def collect(client: NodeClient) -> None:
             try:
                 await self._orphans_on(client, cutoff)
             except StorageError as exc:
                 self.stats.errors += 1
                 log.warning("listing a node failed; its orphans wait for the next pass",
                             extra={"node": client.node_id, "error": str(exc)})
+
+        # Listing is slow on some nodes (it walks every key directory); nodes are
+        # independent servers, so they are listed side by side, one batch each.
+        await asyncio.gather(*(collect(c) for c in self.nodes.reachable()))
 
     async def _orphans_on(self, client: NodeClient, cutoff: datetime) -> None:
         batch: dict[bytes, int] = {}
@@ -418,12 +424,14 @@ class ChunkCollector:
     async def _orphan_batch(self, client: NodeClient, batch: dict[bytes, int]) -> None:
         digests = list(batch)
         try:
-            if self.dry_run:
-                known = {bytes(r["sha256"]) for r in await self.conn.fetch(_EXISTING, digests)}
-                orphans = [d for d in digests if d not in known]
-            else:
-                orphans = [bytes(r["sha256"]) for r in await self.conn.fetch(
-                    _CLAIM_ORPHANS, digests, [batch[d] for d in digests])]
+            async with self._db:
+                if self.dry_run:
+                    known = {bytes(r["sha256"])
+                             for r in await self.conn.fetch(_EXISTING, digests)}
+                    orphans = [d for d in digests if d not in known]
+                else:
+                    orphans = [bytes(r["sha256"]) for r in await self.conn.fetch(
+                        _CLAIM_ORPHANS, digests, [batch[d] for d in digests])]
         except asyncpg.PostgresError:
             self._failed("checking orphan objects failed", node=client.node_id)
             return
@@ -440,7 +448,8 @@ class ChunkCollector:
                     return False
             deleted = await _bounded(orphans, delete)
             try:  # the claims go either way: a failed delete is retried next pass
-                await self.conn.execute(_RELEASE_ORPHANS, orphans)
+                async with self._db:
+                    await self.conn.execute(_RELEASE_ORPHANS, orphans)
             except asyncpg.PostgresError:  # left 'sweeping': the next pass finishes them
                 self._failed("releasing orphan claims failed", node=client.node_id)
         self.stats.add("orphan_objects_deleted", len(deleted))
