@@ -14,6 +14,7 @@ from pathlib import Path
 from dfms.config import Config, dump_yaml, load_config, markdown_table, sample_yaml
 from dfms.errors import ConfigError, DfmsError
 from dfms.runtime.logs import setup_logging
+from dfms.runtime.service import PassStats
 
 DEFAULT_DATA_DIR = ".dfms"
 ENV_DATA_DIR = "DFMS_DATA_DIR"
@@ -126,10 +127,40 @@ def cmd_gc_worker(args: argparse.Namespace) -> int:
             stats = await worker.run_once()
         finally:
             await worker.close()
-        for name, count in sorted(stats.counters.items()):
-            print(f"{name:<34} {count}")
-        print(f"{'errors':<34} {stats.errors}")
-        return 0 if stats.errors == 0 else 1
+        return _print_stats(stats)
+
+    return asyncio.run(one_pass())
+
+
+def _print_stats(stats: PassStats) -> int:
+    for name, count in sorted(stats.counters.items()):
+        print(f"{name:<34} {count}")
+    print(f"{'errors':<34} {stats.errors}")
+    return 0 if stats.errors == 0 else 1
+
+
+def cmd_replication_manager(args: argparse.Namespace) -> int:
+    from dfms.replication.manager import ReplicationManager
+    from dfms.replication.scrubber import Scrubber
+    from dfms.runtime.service import main_for
+
+    cfg = resolve_config(args)
+    if not (args.once or args.scrub):
+        return main_for(ReplicationManager(cfg), cfg)
+    setup_logging(cfg.logging.level, cfg.logging.format)
+
+    async def one_pass() -> int:
+        if args.scrub:
+            scrubber = Scrubber(cfg)
+            try:
+                return _print_stats(await scrubber.full_pass())
+            finally:
+                await scrubber.close()
+        manager = ReplicationManager(cfg)
+        try:
+            return _print_stats(await manager.run_once())
+        finally:
+            await manager.close()
 
     return asyncio.run(one_pass())
 
@@ -147,6 +178,7 @@ async def _migrate(args: argparse.Namespace) -> int:
             for m in done:
                 print(f"applied  {m.version:04d}_{m.name}")
             print(f"{len(done)} migration(s) applied")
+            await _ensure_topics(cfg)
         elif args.action == "down":
             done = await migrate.migrate_down(conn, steps=args.steps)
             for m in done:
@@ -160,6 +192,19 @@ async def _migrate(args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     return 0
+
+
+async def _ensure_topics(cfg: Config) -> None:
+    """The Kafka topics belong to the schema too; an unreachable broker only warns (the
+    outbox keeps events until the relay can publish, and `dfms up` creates them)."""
+    from dfms.events.topics import ensure_topics
+
+    try:
+        created = await ensure_topics(cfg.kafka)
+    except DfmsError as exc:
+        print(f"warning: Kafka topics not checked: {exc}", file=sys.stderr)
+        return
+    print(f"Kafka topics: {', '.join(created) + ' created' if created else 'all present'}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -183,7 +228,7 @@ async def _cluster(args: argparse.Namespace) -> int:
         if args.action == "ps":
             async with http.get(f"{control['url']}/processes") as resp:
                 for name, state in (await resp.json()).items():
-                    print(f"{name:<18} {'running' if state['running'] else 'stopped':<8} "
+                    print(f"{name:<20} {'running' if state['running'] else 'stopped':<8} "
                           f"pid {state['pid']}")
             return 0
         if not args.name:
@@ -291,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     gcw.add_argument("--dry-run", action="store_true",
                      help="with --once: only report what a pass would collect")
     gcw.set_defaults(func=cmd_gc_worker)
+
+    rm = sub.add_parser("replication-manager",
+                        help="repair, rebalance and scrub replicas (or one pass)")
+    mode = rm.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="run one pass (repair queue and full reconciliation), print counts")
+    mode.add_argument("--scrub", action="store_true",
+                      help="run one full scrub pass over every replica, print counts")
+    rm.set_defaults(func=cmd_replication_manager)
 
     clu = sub.add_parser("cluster", help="list, stop, kill or start processes of `dfms up`")
     clu.add_argument("action", choices=("ps", "stop", "kill", "start"))

@@ -89,6 +89,27 @@ class ReplicationConfig:
     replicas_n: int = opt(3, "replicas of every chunk", lo=1, hi=16)
     write_quorum_w: int = opt(2, "replica writes that must succeed before a write counts", lo=1,
                               hi=16)
+    interval_s: float = opt(10.0, "how often the replication manager works through the repair "
+                            "queue (events wake it sooner)", lo=0.1)
+    reconcile_interval_s: float = opt(600.0, "time between two full reconciliation passes "
+                                      "over every chunk (node and ring events start one "
+                                      "sooner)", lo=1.0)
+    repair_delay_s: float = opt(300.0, "a node must be down this long before its replicas "
+                                "are copied elsewhere (brief outages cause no repair storm)",
+                                lo=0.0)
+    max_concurrent_copies: int = opt(4, "chunks repaired or moved at the same time", lo=1,
+                                     hi=256)
+    copy_bytes_per_s: int = opt(100 * MIB, "bandwidth limit of repair and rebalance copies "
+                                "(0 = unlimited)", lo=0)
+    batch_size: int = opt(500, "chunks read per database page in a pass", lo=1, hi=100000)
+    scrub_bytes_per_s: int = opt(10 * MIB, "rate at which the scrubber re-reads and re-hashes "
+                                 "replicas (0 = scrubber off)", lo=0)
+    scrub_interval_s: float = opt(1.0, "pause between two scrub batches", lo=0.0)
+    scrub_min_pass_interval_s: float = opt(3600.0, "a new full scrub pass starts at most "
+                                           "this long after the previous one started (a "
+                                           "small cluster is not re-read in a loop)", lo=0.0)
+    ops_port: int = opt(9196, "HTTP port for the replication manager's /health, /ready and "
+                        "/metrics", lo=0, hi=65535)
 
 
 @dataclass(frozen=True, slots=True)

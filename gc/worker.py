@@ -28,9 +28,8 @@ from dfms.gc.nodes import NodeSet
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import multipart as mp
 from dfms.metadata import trash
-from dfms.metadata.db import create_pool
-from dfms.runtime.ops import ReadyCheck
-from dfms.runtime.service import BackgroundService, PassStats
+from dfms.runtime.pooled import PooledService
+from dfms.runtime.service import PassStats
 
 # The advisory-lock key every collector takes: only one runs a pass at a time.
 GC_LOCK_KEY = 0x0DF5_0006
@@ -44,17 +43,14 @@ class _DryRunDone(Exception):
     """Raised to roll back a dry run's transaction."""
 
 
-class GcWorker(BackgroundService):
+class GcWorker(PooledService):
     name = "gc_worker"
 
     def __init__(self, config: Config, pool: asyncpg.Pool | None = None, *,
                  dry_run: bool = False) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config, pool)
         self.dry_run = dry_run
         self.interval_s = config.gc.interval_s
-        self._pool = pool
-        self._own_pool = pool is None
         # Seconds each phase of the last pass took ("lifecycle", "orphan_manifests",
         # "mark", "sweep", "orphan_objects"); logged with the pass.
         self.last_phase_seconds: dict[str, float] = {}
@@ -63,27 +59,6 @@ class GcWorker(BackgroundService):
     def ops_port(self) -> int:
         return self.config.gc.ops_port
 
-    async def _start(self) -> None:
-        if self._pool is None:
-            self._pool = await create_pool(self.config.postgres)
-        await super()._start()
-
-    async def _stop(self) -> None:
-        await super()._stop()
-        await self.close()
-
-    async def close(self) -> None:
-        """Release the pool this worker opened (after one-off ``run_once()`` calls too)."""
-        if self._own_pool and self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    def ready_checks(self) -> dict[str, ReadyCheck]:
-        async def postgres() -> None:
-            assert self._pool is not None
-            await self._pool.fetchval("SELECT 1")
-        return {"postgres": postgres}
-
     async def run_once(self, dry_run: bool | None = None) -> PassStats:
         """One pass; ``dry_run`` (default: the worker's) only counts what would go.
 
@@ -91,10 +66,9 @@ class GcWorker(BackgroundService):
         just ``{SKIPPED: 1}``.
         """
         dry = self.dry_run if dry_run is None else dry_run
-        if self._pool is None:
-            self._pool = await create_pool(self.config.postgres)
+        pool = await self.get_pool()
         stats = PassStats()
-        async with self._pool.acquire() as conn:
+        async with pool.acquire() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", GC_LOCK_KEY):
                 stats.add(SKIPPED)
                 return stats

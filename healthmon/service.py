@@ -29,9 +29,8 @@ from dfms.events import outbox
 from dfms.events.topics import NODES_TOPIC
 from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_config
 from dfms.healthmon.state import Health, NodeTrack, Thresholds, seed, step
-from dfms.metadata.db import create_pool
-from dfms.runtime.ops import ReadyCheck
-from dfms.runtime.service import BackgroundService, PassStats, main_for
+from dfms.runtime.pooled import PooledService
+from dfms.runtime.service import PassStats, main_for
 from dfms.storage import NodeClient
 
 NODE_HEALTH = Gauge("dfms_node_health", "1 for the node's current health state, else 0",
@@ -85,20 +84,17 @@ def _forget_metrics(node_id: str) -> None:
             metric.remove(node_id, *labels)
 
 
-class HealthMonitor(BackgroundService):
+class HealthMonitor(PooledService):
     name = "health_monitor"
 
     def __init__(self, config: Config, pool: asyncpg.Pool | None = None, *,
                  instance_id: str | None = None) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config, pool)
         self.interval_s = config.healthmon.interval_s
         self.limits = Thresholds(config.healthmon.failures_to_down,
                                  config.healthmon.successes_to_healthy)
         # Names this monitor's probe objects, so concurrent monitors never collide.
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        self._pool = pool
-        self._own_pool = pool is None
         self._s3 = probe_s3_config(config.s3, config.healthmon.probe_timeout_s)
         self._clients: dict[str, NodeClient] = {}
         self._tracks: dict[str, NodeTrack] = {}
@@ -112,39 +108,15 @@ class HealthMonitor(BackgroundService):
         """What this monitor last recorded per node (for tests and debugging)."""
         return dict(self._tracks)
 
-    async def _start(self) -> None:
-        await self._ensure_pool()
-        await super()._start()
-
-    async def _stop(self) -> None:
-        await super()._stop()
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the node clients, and the pool if this monitor opened it (also after
-        one-off ``run_once()`` calls)."""
+    async def close_resources(self) -> None:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()
-        if self._own_pool and self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    def ready_checks(self) -> dict[str, ReadyCheck]:
-        async def postgres() -> None:
-            assert self._pool is not None
-            await self._pool.fetchval("SELECT 1")
-        return {"postgres": postgres}
-
-    async def _ensure_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            self._pool = await create_pool(self.config.postgres)
-        return self._pool
 
     # -- one pass ---------------------------------------------------------------------
 
     async def run_once(self) -> PassStats:
-        pool = await self._ensure_pool()
+        pool = await self.get_pool()
         stats = PassStats()
         try:
             rows = await pool.fetch(_NODES)

@@ -16,8 +16,10 @@ from typing import Any, Protocol, Self
 
 import asyncpg
 
+from dfms.events import outbox
+from dfms.events.topics import NODES_TOPIC
 from dfms.ring.errors import InvalidRing, RingConflict
-from dfms.ring.model import RingData, RingMember, validate
+from dfms.ring.model import DRAINING, RingData, RingMember, validate
 from dfms.ring.ring import Ring
 from dfms.ring.serialize import checksum, members_from_doc, members_from_json, members_to_json
 
@@ -35,6 +37,11 @@ _LATEST_IF_CHANGED = (
     _SELECT + " WHERE epoch = (SELECT max(epoch) FROM ring_state)"
     " AND epoch IS DISTINCT FROM $1::bigint"
 )
+_MEMBERS_OF = "SELECT members::text FROM ring_state WHERE epoch = $1"
+# Every saved ring is announced in the saving transaction (the transactional outbox),
+# so the replication manager rebalances after any change, whoever made it.
+RING_CHANGED = "ring.changed"
+RING_EVENT_KEY = "ring"
 _INSERT = (
     "INSERT INTO ring_state (epoch, vnodes_per_weight, members, checksum)"
     " VALUES ($1, $2, $3::text::jsonb, $4)"
@@ -86,6 +93,7 @@ async def save(conn: asyncpg.Connection | asyncpg.Pool, data: RingData) -> None:
             raise RingConflict(
                 f"cannot save ring epoch {data.epoch}: latest stored epoch is {latest or 0}"
             )
+        previous = await c.fetchval(_MEMBERS_OF, latest) if latest else None
         try:
             await c.execute(
                 _INSERT,
@@ -97,6 +105,21 @@ async def save(conn: asyncpg.Connection | asyncpg.Pool, data: RingData) -> None:
         except asyncpg.UniqueViolationError as exc:
             # Only reachable if a writer skipped the advisory lock.
             raise RingConflict(f"ring epoch {data.epoch} was saved concurrently") from exc
+        await outbox.emit(c, NODES_TOPIC, RING_EVENT_KEY, RING_CHANGED, ring_change(
+            _members(previous) if isinstance(previous, str) else (), data))
+
+
+def ring_change(before: tuple[RingMember, ...], after: RingData) -> dict[str, Any]:
+    """The ``ring.changed`` payload: the new epoch and which members moved how."""
+    old = {m.node_id: m.state for m in before}
+    new = {m.node_id: m.state for m in after.members}
+    return {
+        "epoch": after.epoch,
+        "added": sorted(set(new) - set(old)),
+        "removed": sorted(set(old) - set(new)),
+        "draining": sorted(n for n, st in new.items() if st == DRAINING and old.get(n) != st),
+        "active": sorted(n for n, st in new.items() if st != DRAINING),
+    }
 
 
 def _members(value: Any) -> tuple[RingMember, ...]:

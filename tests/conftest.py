@@ -6,6 +6,7 @@ Set ``DFMS_TEST_CLUSTER`` to the data dir (or cluster.json) of a cluster that
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +34,9 @@ def cluster() -> Iterator[ClusterHandle]:
     handle.data_dir.mkdir()
     handle.start(config=TEST_CLUSTER_CONFIG)
     try:
+        # Tests that exercise the replication manager start it (or drive its passes)
+        # themselves; running on its own it would act on other tests' hand-made rows.
+        asyncio.run(handle.control("stop", "replication-manager"))
         yield handle
     finally:
         code = handle.stop()

@@ -29,6 +29,8 @@ from prometheus_client import Counter
 
 from dfms.chunkservice.errors import ChunkBeingSwept, ChunkUnavailable, QuorumNotReached
 from dfms.chunkservice.placement import Placement
+from dfms.events import outbox
+from dfms.events.topics import CHUNKS_TOPIC
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
 
@@ -42,6 +44,10 @@ READ_FAILOVERS = Counter("dfms_chunk_read_failovers_total", "Reads that moved to
 SWEEP_WAITS = Counter("dfms_chunk_sweep_waits_total",
                       "Chunk writes that found the chunk being swept by GC and waited")
 
+# Events announcing repair work (the replication manager wakes on them; the
+# repair_queue row written with each is what makes the work durable).
+UNDER_REPLICATED = "chunk.under_replicated"
+REPLICA_BAD = "chunk.replica_bad"
 # Hashing a few KiB on the event loop is cheaper than a thread hop.
 _INLINE_HASH_BYTES = 64 * 1024
 # Another replica is a better retry than the same node again: a replica write
@@ -207,6 +213,9 @@ class ChunkStore:
             await conn.execute(_UPSERT_REPLICAS, digest, nodes)
             if len(nodes) < self.n:
                 await conn.execute(_ENQUEUE_REPAIR, digest, None, "under_replicated")
+                await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), UNDER_REPLICATED, {
+                    "chunk": digest.hex(), "replicas": len(nodes), "wanted": self.n,
+                    "nodes": nodes})
         return True
 
     # -- read ---------------------------------------------------------------------
@@ -262,6 +271,9 @@ class ChunkStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_MARK_REPLICA, digest, node, reason)
             await conn.execute(_ENQUEUE_REPAIR, digest, node, reason)
+            await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), REPLICA_BAD, {
+                "chunk": digest.hex(), "node_id": node, "reason": reason,
+                "found_by": "read"})
 
     # -- queries ------------------------------------------------------------------------
 

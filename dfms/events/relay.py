@@ -42,9 +42,10 @@ from prometheus_client import Counter, Gauge
 from dfms.config import Config
 from dfms.events.envelope import build_envelope, build_headers, encode_envelope
 from dfms.events.outbox import NOTIFY_CHANNEL
-from dfms.metadata.db import connect, create_pool
+from dfms.metadata.db import connect
 from dfms.runtime.ops import ReadyCheck
-from dfms.runtime.service import BackgroundService, PassStats
+from dfms.runtime.pooled import PooledService
+from dfms.runtime.service import PassStats
 
 PUBLISHED = Counter("dfms_outbox_published_total", "Outbox events published to Kafka",
                     ["topic"])
@@ -107,16 +108,13 @@ def _error_text(exc: BaseException) -> str:
     return text[:2000]
 
 
-class OutboxRelay(BackgroundService):
+class OutboxRelay(PooledService):
     name = "event_relay"
 
     def __init__(self, config: Config, pool: asyncpg.Pool | None = None) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config, pool)
         self.interval_s = config.events.relay_interval_s
         self.batch_size = config.events.relay_batch_size
-        self._pool = pool
-        self._own_pool = pool is None
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._more = False          # the last pass stopped with rows still waiting
@@ -129,36 +127,15 @@ class OutboxRelay(BackgroundService):
     def ops_port(self) -> int:
         return self.config.events.ops_port
 
-    async def _start(self) -> None:
-        await self._get_pool()
-        await super()._start()
-
-    async def _stop(self) -> None:
-        await super()._stop()
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop the producer and release the pool this relay opened (after ``run_once`` too)."""
+    async def close_resources(self) -> None:
         await self._reset_producer()
-        if self._own_pool and self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
 
     def ready_checks(self) -> dict[str, ReadyCheck]:
-        async def postgres() -> None:
-            pool = await self._get_pool()
-            await pool.fetchval("SELECT 1")
-
         async def kafka() -> None:
             producer = await self._get_producer()
             await producer.client.fetch_all_metadata()
 
-        return {"postgres": postgres, "kafka": kafka}
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            self._pool = await create_pool(self.config.postgres)
-        return self._pool
+        return {**super().ready_checks(), "kafka": kafka}
 
     async def _get_producer(self) -> AIOKafkaProducer:
         """The producer, started on first use (and again after it was reset)."""
@@ -192,7 +169,7 @@ class OutboxRelay(BackgroundService):
     # --- the pass ------------------------------------------------------------
 
     async def run_once(self) -> PassStats:
-        pool = await self._get_pool()
+        pool = await self.get_pool()
         stats = PassStats()
         self._more = False
         for _ in range(MAX_BATCHES_PER_PASS):

@@ -33,6 +33,23 @@ def quota_error(quota: int | None) -> ApiError:
                     f"this would exceed your storage quota of {quota} bytes")
 
 
+async def insert_manifest(conn: asyncpg.Connection, size: int, sha256: bytes,
+                          entries: list[tuple[bytes, int, int]]) -> uuid.UUID:
+    """``ns.insert_manifest``, with a chunk swept meanwhile answered as a retryable 503.
+
+    A chunk the garbage collector claimed after the chunk service stored the upload
+    (possible only when storing took longer than the grace period) cannot be
+    referenced any more: the manifest insert fails like a foreign-key violation
+    (see migration 0010). Nothing was committed; sending the file again stores it.
+    """
+    try:
+        return await ns.insert_manifest(conn, size, sha256, entries)
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise ApiError(503, "storage_unavailable",
+                       "a chunk of this upload was removed by the garbage collector while "
+                       "it was being stored; send it again", {"Retry-After": "1"}) from exc
+
+
 def etag_of(sha256: bytes) -> str:
     return f'"{sha256.hex()}"'
 
@@ -87,7 +104,7 @@ async def commit_content(conn: asyncpg.Connection, cfg: LifecycleConfig, owner: 
     room = await lc.room_left(conn, owner, cfg)
     if room is not None and content.size > room:
         raise quota_error(await lc.quota_bytes(conn, owner, cfg))
-    manifest_id = await ns.insert_manifest(conn, content.size, content.sha256, content.entries)
+    manifest_id = await insert_manifest(conn, content.size, content.sha256, content.entries)
     if current is None:
         file_id = await ns.create_file(conn, owner, folder, name, manifest_id,
                                        content.mime_type)

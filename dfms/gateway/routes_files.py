@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from dfms.chunkservice.errors import (
     ChecksumMismatch,
+    ChunkBeingSwept,
     ChunkServiceError,
     ChunkUnavailable,
     InvalidRequest,
@@ -155,6 +156,10 @@ def _storage_error(exc: Exception, limit: int) -> ApiError:
         return ApiError(422, "checksum_mismatch", str(exc))
     if isinstance(exc, InvalidRequest):
         return bad_request("invalid_upload", str(exc))
+    if isinstance(exc, ChunkBeingSwept):
+        return ApiError(503, "storage_unavailable",
+                        "a chunk of this upload is being removed by the garbage collector; "
+                        "send it again shortly", {"Retry-After": "5"})
     if isinstance(exc, (QuorumNotReached, DependencyUnavailable)):
         return ApiError(503, "storage_unavailable",
                         "not enough storage nodes accepted the data; try again later",

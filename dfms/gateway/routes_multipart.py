@@ -21,7 +21,13 @@ from dfms.chunkservice.errors import ChunkServiceError
 from dfms.chunkservice.pipeline import ChunkEntry
 from dfms.config import LifecycleConfig
 from dfms.errors import DependencyUnavailable
-from dfms.gateway.commit import Content, commit_content, precheck, quota_error
+from dfms.gateway.commit import (
+    Content,
+    commit_content,
+    insert_manifest,
+    precheck,
+    quota_error,
+)
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import ApiError, bad_request, conflict, not_found
 from dfms.gateway.http import field, parse_uuid, read_json
@@ -117,7 +123,7 @@ async def put_part(request: web.Request) -> web.Response:
     async with pool.acquire() as conn, conn.transaction():
         await lc.lock_user(conn, user.id)
         await _open_upload(conn, request, user.id, for_update=True)
-        manifest_id = await ns.insert_manifest(conn, stored.total_size, stored.sha256, entries)
+        manifest_id = await insert_manifest(conn, stored.total_size, stored.sha256, entries)
         await mp.put_part(conn, upload.id, number, manifest_id, stored.total_size,
                           stored.sha256)
     return web.json_response({"part_number": number, "size": stored.total_size,

@@ -72,6 +72,7 @@ SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("gc-worker", "gc-worker", ("gc", "ops_port")),
     ServiceDef("event-relay", "event-relay", ("events", "ops_port")),
     ServiceDef("health-monitor", "health-monitor", ("healthmon", "ops_port")),
+    ServiceDef("replication-manager", "replication-manager", ("replication", "ops_port")),
 )
 
 
@@ -290,6 +291,7 @@ class LocalCluster:
             "gc": {"ops_port": ports.get("gc.ops")},
             "events": {"ops_port": ports.get("events.ops")},
             "healthmon": {"ops_port": ports.get("healthmon.ops")},
+            "replication": {"ops_port": ports.get("replication.ops")},
             "chunk_client": {"target": f"{LOOPBACK}:{ports.assigned['chunk_service.grpc']}"},
             "auth": {"keys_dir": str(self.data_dir / "keys")},
         }

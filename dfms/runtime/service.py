@@ -118,10 +118,15 @@ class BackgroundService(Service):
         """Run the next pass now instead of waiting out the interval."""
         self._wake.set()
 
+    async def scheduled_pass(self) -> PassStats:
+        """The pass ``run_forever`` runs; a service whose scheduled passes differ from a
+        direct ``run_once()`` (e.g. a full pass only now and then) overrides it."""
+        return await self.run_once()
+
     async def _timed_pass(self) -> None:
         start = time.perf_counter()
         try:
-            stats = await self.run_once()
+            stats = await self.scheduled_pass()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -412,6 +413,7 @@ async def test_cluster_view_counts_under_replicated_chunks(
 # --- nodes --------------------------------------------------------------------------------
 
 async def test_add_drain_and_remove_a_node(api: Api, admin: ApiUser, cluster: ClusterHandle,
+                                           pg: asyncpg.Connection,
                                            ring_guard: list[str]) -> None:
     node_id = fresh_node_id()
     ring_guard.append(node_id)
@@ -463,6 +465,16 @@ async def test_add_drain_and_remove_a_node(api: Api, admin: ApiUser, cluster: Cl
     # Ids of removed nodes are not reused: replica rows still name them.
     assert_error(await api.request("POST", "/admin/nodes", admin, json={
         "id": node_id, "endpoint": endpoint, "zone": "zone-test"}), 409, "node_exists")
+
+    # Each ring change was announced in its own transaction (the replication manager
+    # rebalances on these), naming what moved.
+    rows = await pg.fetch("SELECT payload::text FROM outbox WHERE type = 'ring.changed' "
+                          "AND (payload->>'epoch')::bigint > $1 ORDER BY id", epoch0)
+    changes = [json.loads(r["payload"]) for r in rows]
+    assert [(c["epoch"], c["added"], c["draining"], c["removed"]) for c in changes] == [
+        (epoch0 + 1, [node_id], [], []), (epoch0 + 2, [], [node_id], []),
+        (epoch0 + 3, [], [], [node_id])]
+    assert node_id not in changes[-1]["active"]
 
 
 async def test_unknown_nodes_are_404(api: Api, admin: ApiUser) -> None:

@@ -23,6 +23,8 @@ import asyncpg
 import pytest
 
 from dfms.config import Config, load_config
+from dfms.gateway.commit import insert_manifest
+from dfms.gateway.errors import ApiError
 from dfms.gc.worker import GC_LOCK_KEY, SKIPPED, GcWorker
 from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient, chunk_key
@@ -420,3 +422,21 @@ async def test_admin_route_runs_a_pass(api: Api, admin: ApiUser, user: ApiUser,
         assert status == 409 and body["error"]["code"] == "gc_running"
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", GC_LOCK_KEY)
+
+
+async def test_a_manifest_naming_a_chunk_being_swept_is_a_retryable_503(
+        db: asyncpg.Connection) -> None:
+    """The commit of an upload whose chunk the collector claimed meanwhile fails as a
+    503 the client can retry, and leaves no manifest behind."""
+    digest = hashlib.sha256(os.urandom(32)).digest()
+    manifests = await db.fetchval("SELECT count(*) FROM manifests")
+    await db.execute("INSERT INTO chunks (sha256, size, state) VALUES ($1, 10, 'sweeping')",
+                     digest)
+    try:
+        with pytest.raises(ApiError) as caught:
+            async with db.transaction():
+                await insert_manifest(db, 10, digest, [(digest, 0, 10)])
+        assert (caught.value.status, caught.value.code) == (503, "storage_unavailable")
+        assert await db.fetchval("SELECT count(*) FROM manifests") == manifests
+    finally:
+        await db.execute("DELETE FROM chunks WHERE sha256 = $1", digest)

@@ -33,6 +33,14 @@ def _minio(cluster: ClusterHandle, endpoint: str) -> Minio:
 
 
 async def test_every_service_answers_health_ready_and_metrics(cluster: ClusterHandle) -> None:
+    await cluster.control("start", "replication-manager")  # the suite keeps it stopped
+    try:
+        await check_every_service(cluster)
+    finally:
+        await cluster.control("stop", "replication-manager")
+
+
+async def check_every_service(cluster: ClusterHandle) -> None:
     async with aiohttp.ClientSession() as http:
         for name, svc in cluster.info["services"].items():
             async with http.get(f"{svc['ops_url']}/health") as resp:
@@ -212,6 +220,10 @@ def test_cli_reads_the_cluster_config(cluster: ClusterHandle) -> None:
     status = subprocess.run([*run, "migrate", "status"], capture_output=True, text=True,
                             timeout=60, check=True)
     assert "0001_cluster" in status.stdout and "pending" not in status.stdout
+    up = subprocess.run([*run, "migrate", "up"], capture_output=True, text=True, timeout=60,
+                        check=True)
+    assert "0 migration(s) applied" in up.stdout
+    assert "Kafka topics: all present" in up.stdout, up.stdout + up.stderr
     shown = subprocess.run([*run, "config", "show"], capture_output=True, text=True,
                            timeout=60, check=True)
     secret = cluster.config.s3.secret_key

@@ -16,6 +16,7 @@ import pytest
 from dfms.chunkservice.client import ChunkClient
 from dfms.config import S3Config
 from dfms.localstack.ports import PortAllocator
+from dfms.metadata import migrate
 from dfms.ring import InvalidRing, Ring, RingBuilder, RingConflict
 from dfms.ring import store as ring_store
 from dfms.ring.store import RingWatcher
@@ -61,15 +62,12 @@ async def test_node_client_maps_failures_to_its_own_errors(cluster: ClusterHandl
 
 @pytest.fixture
 async def scratch_db(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    """A database of its own with the ring table, so the shared ring is untouched."""
+    """A migrated database of its own, so the shared ring is untouched."""
     admin = await asyncpg.connect(cluster.postgres_dsn)
     name = f"dfms_ring_{secrets.token_hex(4)}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     conn = await asyncpg.connect(cluster.postgres_dsn.rsplit("/", 1)[0] + f"/{name}")
-    await conn.execute(
-        "CREATE TABLE ring_state (epoch bigint PRIMARY KEY, vnodes_per_weight integer NOT NULL,"
-        " members jsonb NOT NULL, checksum text NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now())")
+    await migrate.migrate_up(conn)
     try:
         yield conn
     finally:

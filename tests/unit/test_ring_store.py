@@ -28,7 +28,7 @@ from dfms.ring import (
     save,
 )
 from dfms.ring.serialize import members_to_json
-from dfms.ring.store import ADVISORY_LOCK_KEY
+from dfms.ring.store import ADVISORY_LOCK_KEY, ring_change
 
 
 def ring_data(epoch: int, count: int = 3) -> RingData:
@@ -90,7 +90,7 @@ class FakeConnection:
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         self.log.append((query, args))
-        return self.latest
+        return self.latest if "max(epoch)" in query else None
 
 
 async def eventually(condition: Callable[[], bool]) -> None:
@@ -144,9 +144,23 @@ async def test_save_inserts_the_next_epoch_under_the_lock() -> None:
     assert "pg_advisory_xact_lock" in queries[1]
     assert conn.log[1][1] == (ADVISORY_LOCK_KEY,)
     assert "max(epoch)" in queries[2]
-    assert queries[3].startswith("INSERT")
-    assert conn.log[3][1] == (3, 150, members_to_json(data.members), checksum(data))
-    assert queries[4] == "COMMIT"
+    assert "members" in queries[3] and conn.log[3][1] == (2,)  # the previous ring, for the event
+    assert queries[4].startswith("INSERT")
+    assert conn.log[4][1] == (3, 150, members_to_json(data.members), checksum(data))
+    assert "INSERT INTO outbox" in queries[5]  # ring.changed, in the same transaction
+    assert queries[6] == "COMMIT"
+
+
+def test_ring_change_payload_names_what_moved() -> None:
+    before = ring_data(1, count=3)
+    b = RingBuilder(before)
+    b.add_node("node-9", "zone-9")
+    b.set_state("node-1", "draining")
+    b.remove_node("node-2")
+    after = b.build()
+    assert ring_change(before.members, after) == {
+        "epoch": 2, "added": ["node-9"], "removed": ["node-2"], "draining": ["node-1"],
+        "active": ["node-0", "node-9"]}
 
 
 async def test_save_requires_epoch_one_on_an_empty_table() -> None:
