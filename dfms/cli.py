@@ -153,7 +153,10 @@ def cmd_replication_manager(args: argparse.Namespace) -> int:
         if args.scrub:
             scrubber = Scrubber(cfg)
             try:
-                return _print_stats(await scrubber.full_pass())
+                code = _print_stats(await scrubber.full_pass())
+                if scrubber.last_pass_seconds is not None:  # the pass began before this run
+                    print(f"{'pass_seconds':<34} {scrubber.last_pass_seconds:.3f}")
+                return code
             finally:
                 await scrubber.close()
         manager = ReplicationManager(cfg)

@@ -97,6 +97,7 @@ class Scrubber(PooledService):
         self._clients = NodeClients(config.s3)
         self._pass_started: float | None = None  # monotonic, of the pass in progress/last
         self._between_passes = False
+        self.last_pass_seconds: float | None = None  # of the last pass this one completed
 
     async def close_resources(self) -> None:
         await self._clients.close()
@@ -155,6 +156,7 @@ class Scrubber(PooledService):
         scrubbed, nbytes = len(todo), sum(r.size for r in todo)
         if len(rows) < self.batch_size:
             seconds = await conn.fetchval(_FINISH, STATE_ID, scrubbed, nbytes)
+            self.last_pass_seconds = seconds
             LAST_PASS_SECONDS.set(seconds)
             stats.add("pass_completed")
             self._between_passes = True

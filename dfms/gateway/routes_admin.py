@@ -172,6 +172,7 @@ async def cluster_view(request: web.Request) -> web.Response:
     async with request.app[PG_KEY].acquire() as conn:
         numbers = await adm.cluster_numbers(conn, cfg.replication.replicas_n)
         ring = await ring_store.load_latest(conn)
+        scrub = await conn.fetchrow(_SCRUB_STATE)
     ratio = numbers.dedup_ratio
     return web.json_response({
         "nodes": [node_json(n, ring) for n in numbers.nodes],
@@ -187,7 +188,23 @@ async def cluster_view(request: web.Request) -> web.Response:
         "replicas_n": cfg.replication.replicas_n,
         "write_quorum_w": cfg.replication.write_quorum_w,
         "chunker": cfg.chunker.algorithm,
+        "scrub": scrub_json(scrub),
     })
+
+
+_SCRUB_STATE = "SELECT * FROM scrub_state WHERE id = 'default'"
+
+
+def scrub_json(row: asyncpg.Record | None) -> dict[str, Any]:
+    def get(name: str) -> Any:
+        return None if row is None else row[name]
+
+    return {"pass_started_at": _iso(get("pass_started_at")),
+            "pass_replicas": get("pass_replicas") or 0, "pass_bytes": get("pass_bytes") or 0,
+            "last_pass_seconds": get("last_pass_seconds"),
+            "last_pass_replicas": get("last_pass_replicas"),
+            "last_pass_bytes": get("last_pass_bytes"),
+            "last_pass_done_at": _iso(get("last_pass_done_at"))}
 
 
 # --- nodes ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dfms.ring import Ring
 from dfms.ring import store as ring_store
 from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient, chunk_key
+from tests.support.api import PASSWORD, Api, ApiUser
 from tests.support.cluster import ClusterHandle
 
 MANAGER = "replication-manager"
@@ -152,7 +153,7 @@ def counters(output: str) -> dict[str, int]:
     return found
 
 
-async def test_the_cli_runs_one_pass_and_one_scrub(cluster: ClusterHandle) -> None:
+async def test_the_cli_runs_one_pass_and_one_scrub(cluster: ClusterHandle, api: Api) -> None:
     """What an operator runs by hand: one reconciliation pass, one full scrub."""
     # Something to scrub for sure: a fresh chunk with all its replicas.
     async with ChunkClient(cluster.chunk_target) as client:
@@ -166,5 +167,23 @@ async def test_the_cli_runs_one_pass_and_one_scrub(cluster: ClusterHandle) -> No
     assert code == 0, out
     found = counters(out)
     assert found["pass_completed"] == 1 and found["replicas_scrubbed"] >= 3, out
+    assert "pass_seconds" in out, out  # the full-pass time an operator sizes the rate by
     code, out = await run_cli(cluster, "replication-manager", "--once", "--scrub")
     assert code == 2 and "not allowed with" in out, out
+
+    # The pass it just finished is what GET /admin/cluster reports.
+    email = f"repl-admin-{uuid.uuid4().hex[:10]}@example.com"
+    code, out = await run_cli(cluster, "admin", "create-user", "--admin", "--email", email,
+                              "--password", PASSWORD)
+    assert code == 0, out
+    status, body, _ = await api.request("POST", "/auth/login",
+                                        json={"email": email, "password": PASSWORD})
+    assert status == 200, body
+    admin = ApiUser(out.strip(), email, PASSWORD, body["tokens"]["access_token"],
+                    body["tokens"]["refresh_token"])
+    status, view, _ = await api.request("GET", "/admin/cluster", admin)
+    assert status == 200, view
+    scrub = view["scrub"]
+    assert scrub["last_pass_seconds"] is not None and scrub["last_pass_seconds"] >= 0
+    assert scrub["last_pass_replicas"] >= found["replicas_scrubbed"]
+    assert scrub["pass_replicas"] == 0  # a new pass has not started since
