@@ -75,7 +75,7 @@ from dfms.config import GcConfig
 from dfms.gc.nodes import NodeSet
 from dfms.runtime.logs import get_logger
 from dfms.runtime.service import PassStats
-from dfms.storage import NodeClient, StorageError, chunk_key
+from dfms.storage import NodeClient, ObjectNotFound, StorageError, chunk_key
 
 log = get_logger("gc_worker.chunks")
 
@@ -231,7 +231,6 @@ class ChunkCollector:
         self.stats = stats
         self.dry_run = dry_run
         self.batch = cfg.batch_size
-        self._db = asyncio.Lock()  # the nodes are listed concurrently; the connection is one
 
     async def _cutoff(self) -> datetime:
         """now() minus the grace period, on PostgreSQL's clock."""
@@ -396,17 +395,15 @@ class ChunkCollector:
             log.warning("orphan objects not collected on an unreachable node",
                         extra={"node": node_id, "error": why})
 
-        async def collect(client: NodeClient) -> None:
+        # One node after the other: a claim is per chunk, so while one node's batch holds
+        # it, another node's copy of the same orphan would look known and be skipped.
+        for client in self.nodes.reachable():
             try:
                 await self._orphans_on(client, cutoff)
             except StorageError as exc:
                 self.stats.errors += 1
                 log.warning("listing a node failed; its orphans wait for the next pass",
                             extra={"node": client.node_id, "error": str(exc)})
-
-        # Listing is slow on some nodes (it walks every key directory); nodes are
-        # independent servers, so they are listed side by side, one batch each.
-        await asyncio.gather(*(collect(c) for c in self.nodes.reachable()))
 
     async def _orphans_on(self, client: NodeClient, cutoff: datetime) -> None:
         batch: dict[bytes, int] = {}
@@ -416,22 +413,21 @@ class ChunkCollector:
                 continue  # not a chunk object, or too young to judge
             batch[digest] = min(size, _INT32_MAX)
             if len(batch) >= self.batch:
-                await self._orphan_batch(client, batch)
+                await self._orphan_batch(client, batch, cutoff)
                 batch = {}
         if batch:
-            await self._orphan_batch(client, batch)
+            await self._orphan_batch(client, batch, cutoff)
 
-    async def _orphan_batch(self, client: NodeClient, batch: dict[bytes, int]) -> None:
+    async def _orphan_batch(self, client: NodeClient, batch: dict[bytes, int],
+                            cutoff: datetime) -> None:
         digests = list(batch)
         try:
-            async with self._db:
-                if self.dry_run:
-                    known = {bytes(r["sha256"])
-                             for r in await self.conn.fetch(_EXISTING, digests)}
-                    orphans = [d for d in digests if d not in known]
-                else:
-                    orphans = [bytes(r["sha256"]) for r in await self.conn.fetch(
-                        _CLAIM_ORPHANS, digests, [batch[d] for d in digests])]
+            if self.dry_run:
+                known = {bytes(r["sha256"]) for r in await self.conn.fetch(_EXISTING, digests)}
+                orphans = [d for d in digests if d not in known]
+            else:
+                orphans = [bytes(r["sha256"]) for r in await self.conn.fetch(
+                    _CLAIM_ORPHANS, digests, [batch[d] for d in digests])]
         except asyncpg.PostgresError:
             self._failed("checking orphan objects failed", node=client.node_id)
             return
@@ -442,15 +438,35 @@ class ChunkCollector:
         else:
             async def delete(digest: bytes) -> bool:
                 try:
-                    return await self.nodes.delete(client, chunk_key(digest.hex()))
+                    return await self._delete_orphan(client, digest, cutoff)
                 except Exception:  # one object's failure never stops the pass
                     self._failed("deleting an orphan object failed", chunk=digest.hex())
                     return False
             deleted = await _bounded(orphans, delete)
             try:  # the claims go either way: a failed delete is retried next pass
-                async with self._db:
-                    await self.conn.execute(_RELEASE_ORPHANS, orphans)
+                await self.conn.execute(_RELEASE_ORPHANS, orphans)
             except asyncpg.PostgresError:  # left 'sweeping': the next pass finishes them
                 self._failed("releasing orphan claims failed", node=client.node_id)
         self.stats.add("orphan_objects_deleted", len(deleted))
         self.stats.add("orphan_bytes_deleted", sum(batch[d] for d in deleted))
+
+    async def _delete_orphan(self, client: NodeClient, digest: bytes,
+                             cutoff: datetime) -> bool:
+        """Delete a claimed orphan unless it was rewritten since it was listed.
+
+        A writer that stored these bytes just before the claim has not recorded them
+        yet, and may record them after the claim is released: its object is young, so
+        it is checked again now that the claim is held (a writer storing after this
+        point finds the claim at record time and stores again once it is released).
+        """
+        key = chunk_key(digest.hex())
+        try:
+            _, modified = await client.stat(key)
+        except ObjectNotFound:
+            return True
+        except StorageError:
+            return False
+        if modified is None or modified >= cutoff:
+            self.stats.add("orphan_objects_rewritten")
+            return False
+        return await self.nodes.delete(client, key)

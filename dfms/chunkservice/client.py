@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Self
@@ -27,6 +28,15 @@ def _translate(err: grpc.aio.AioRpcError) -> Exception:
     if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return DependencyUnavailable(f"chunk service unreachable: {err.details()}")
     return ChunkServiceError(f"chunk service failed: {err.code().name}: {err.details()}")
+
+
+async def _failure(call: grpc.aio.StreamUnaryCall) -> Exception:
+    """The error a finished call ended with."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return _translate(err)
+    return ChunkServiceError("the chunk service ended the upload early without an error")
 
 
 async def reframe(frames: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
@@ -86,16 +96,22 @@ class ChunkClient:
         context = pb.UploadContext(upload_id=upload_id, owner_id=owner_id, max_size=max_size,
                                    expected_sha256=expected_sha256, expected_size=expected_size)
 
-        async def requests() -> AsyncIterator[pb.UploadFrame]:
-            yield pb.UploadFrame(context=context)
-            async for frame in reframe(frames, self._frame):
-                yield pb.UploadFrame(data=frame)
-
+        # The frames are read here, not by a gRPC task: when the call fails, nothing is
+        # left reading ``frames`` (an HTTP request body, which allows one reader).
+        call = self._stub.Upload(wait_for_ready=True, timeout=None)
         try:
-            result = await self._stub.Upload(requests(), wait_for_ready=True,
-                                             timeout=None)
+            await call.write(pb.UploadFrame(context=context))
+            async for frame in reframe(frames, self._frame):
+                await call.write(pb.UploadFrame(data=frame))
+            await call.done_writing()
+            result = await call
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from err
+        except asyncio.InvalidStateError:  # the server ended the call while we wrote
+            raise await _failure(call) from None
+        except BaseException:
+            call.cancel()
+            raise
         return _summary(result)
 
     async def download(self, *, manifest_id: str | None = None,

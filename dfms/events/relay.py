@@ -42,6 +42,7 @@ from prometheus_client import Counter, Gauge
 from dfms.config import Config
 from dfms.events.envelope import build_envelope, build_headers, encode_envelope
 from dfms.events.outbox import NOTIFY_CHANNEL
+from dfms.events.topics import ensure_topics
 from dfms.metadata.db import connect
 from dfms.runtime.ops import ReadyCheck
 from dfms.runtime.pooled import PooledService
@@ -157,6 +158,21 @@ class OutboxRelay(PooledService):
             self._producer = producer
             return producer
 
+    async def _check_topics(self, producer: AIOKafkaProducer, topics: set[str]) -> None:
+        """Create any topic of ``topics`` the broker lacks before sending to it.
+
+        A broker that lost its topics (the local one keeps them in memory, so a
+        restart loses them) may acknowledge writes to a topic that does not exist
+        and then serve nothing of them: those events would be marked published and
+        never delivered. One metadata request per batch rules that out.
+        """
+        metadata = await producer.client.fetch_all_metadata()
+        missing = topics - metadata.topics()
+        if missing:
+            created = await ensure_topics(self.config.kafka)
+            self.log.warning("the broker lacked topics; created them before publishing",
+                             extra={"missing": sorted(missing), "created": created})
+
     async def _reset_producer(self) -> None:
         """Drop the producer (after a failure); the next publish starts a fresh one."""
         async with self._producer_lock:
@@ -226,6 +242,11 @@ class OutboxRelay(PooledService):
         failures: dict[str, list[int]] = defaultdict(list)
         try:
             producer = await self._get_producer()
+        except Exception as exc:
+            failures[_error_text(exc)] = [r["id"] for r in rows]
+            return [], failures, True
+        try:
+            await self._check_topics(producer, {r["topic"] for r in rows})
         except Exception as exc:
             failures[_error_text(exc)] = [r["id"] for r in rows]
             return [], failures, True

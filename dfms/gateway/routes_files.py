@@ -160,9 +160,13 @@ def _storage_error(exc: Exception, limit: int) -> ApiError:
         return ApiError(503, "storage_unavailable",
                         "a chunk of this upload is being removed by the garbage collector; "
                         "send it again shortly", {"Retry-After": "5"})
-    if isinstance(exc, (QuorumNotReached, DependencyUnavailable)):
+    if isinstance(exc, QuorumNotReached):
         return ApiError(503, "storage_unavailable",
                         "not enough storage nodes accepted the data; try again later",
+                        {"Retry-After": "5"})
+    if isinstance(exc, DependencyUnavailable):
+        return ApiError(503, "storage_unavailable",
+                        "the storage service is unavailable; try again later",
                         {"Retry-After": "5"})
     return ApiError(502, "storage_error", "the storage layer failed")
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from dfms.errors import StackError
 from dfms.localstack.servers import wait_ready
 from dfms.localstack.supervisor import Supervisor
 
@@ -66,7 +67,10 @@ def build_control_app(supervisor: Supervisor, token: str,
             await mp.start()
         probe = probes.get(mp.spec.name)
         if probe is not None:
-            await wait_ready(mp.spec.name, probe, lambda: mp.running)
+            try:
+                await wait_ready(mp.spec.name, probe, lambda: mp.running)
+            except StackError as exc:  # it died or never answered: say so, as JSON
+                return web.json_response({"error": str(exc)}, status=503)
         return web.json_response({"name": mp.spec.name, "pid": mp.pid})
 
     app = web.Application(middlewares=[auth])

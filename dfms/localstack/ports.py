@@ -17,21 +17,33 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+# Go servers (weed) listen on each given port and on port + 10000 for gRPC.
+GRPC_OFFSET = 10000
+
+
 class PortAllocator:
-    """Hands out distinct free ports; a port given once is never given again."""
+    """Hands out distinct free ports; a port given once is never given again.
+
+    Every port comes with its gRPC twin (port + ``GRPC_OFFSET``) reserved too, so
+    no port handed out is another one's twin: weed derives those itself.
+    """
 
     def __init__(self, previous: dict[str, int] | None = None) -> None:
         self._previous = previous or {}
         self._taken: set[int] = set()
         self.assigned: dict[str, int] = {}
 
+    def _usable(self, port: int) -> bool:
+        twin = port + GRPC_OFFSET
+        return (twin <= 65535 and port not in self._taken and twin not in self._taken
+                and port_is_free(port) and port_is_free(twin))
+
     def _fresh(self) -> int:
         while True:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind((LOOPBACK, 0))
                 port = int(sock.getsockname()[1])
-            # Go servers (weed) derive gRPC ports as http+10000; keep room for that.
-            if port not in self._taken and port < 55000:
+            if self._usable(port):
                 return port
 
     def get(self, name: str, wanted: int | None = None) -> int:
@@ -40,8 +52,7 @@ class PortAllocator:
             port = wanted
         else:
             prev = self._previous.get(name)
-            fresh = prev is not None and prev not in self._taken and port_is_free(prev)
-            port = prev if fresh and prev is not None else self._fresh()
-        self._taken.add(port)
+            port = prev if prev is not None and self._usable(prev) else self._fresh()
+        self._taken.update((port, port + GRPC_OFFSET))
         self.assigned[name] = port
         return port

@@ -9,6 +9,7 @@ backoff on connection errors, timeouts and 5xx answers.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import random
 import time
@@ -56,10 +57,11 @@ class _Minio(Minio):
     async def _build_headers(self, host: str, headers: Any, body: Any,
                              creds: Any) -> tuple[dict[str, str], Any]:
         known = dict(headers or {}).get(_SHA_HEADER)
-        if known is None or not creds or not isinstance(body, bytes | bytearray):
+        if known is None or not creds or not isinstance(body, io.BytesIO):
             return await super()._build_headers(host, headers, body, creds)
         built, date = await super()._build_headers(host, headers, None, creds)
-        built["Content-Length"] = str(len(body))
+        with body.getbuffer() as view:
+            built["Content-Length"] = str(view.nbytes - body.tell())
         built[_SHA_HEADER] = known
         return built, date
 
@@ -97,13 +99,13 @@ class NodeClient:
 
     async def put(self, key: str, data: bytes, sha256_hex: str | None = None, *,
                   retries: int | None = None) -> None:
-        headers = {_SHA_HEADER: sha256_hex} if sha256_hex else {}
+        headers = {_SHA_HEADER: sha256_hex or hashlib.sha256(data).hexdigest()}
 
         async def call() -> None:
-            if headers:
-                await self._minio._put_object(self.bucket, key, data, headers)
-            else:
-                await self._minio.put_object(self.bucket, key, io.BytesIO(data), len(data))
+            # A BytesIO body is sent in slices with the event loop free between them
+            # (aiohttp warns about raw bytes over 1 MiB); a fresh one per attempt, as
+            # aiohttp closes it once sent.
+            await self._minio._put_object(self.bucket, key, io.BytesIO(data), headers)
 
         await self._retrying("put", call, retries)
         S3_BYTES.labels(self.node_id, "out").inc(len(data))
@@ -125,8 +127,13 @@ class NodeClient:
 
     async def head(self, key: str) -> int:
         """The object's size; ObjectNotFound if it is absent."""
+        return (await self.stat(key))[0]
+
+    async def stat(self, key: str) -> tuple[int, datetime | None]:
+        """The object's size and last-modified time (the node's clock, None if it did not
+        say); ObjectNotFound if it is absent."""
         stat = await self._retrying("head", lambda: self._minio.stat_object(self.bucket, key))
-        return int(stat.size or 0)
+        return int(stat.size or 0), stat.last_modified
 
     async def exists(self, key: str) -> bool:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,8 +26,9 @@ from dfms.healthmon.probe import PROBE_PREFIX, probe_key, probe_node, probe_s3_c
 from dfms.healthmon.service import HealthMonitor
 from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient
-from tests.support.api import PASSWORD, Api, ApiUser
+from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle
+from tests.support.probe import make_admin
 
 VICTIM = "node-2"
 # Process names under which `dfms up` may run a health monitor of its own.
@@ -101,24 +101,6 @@ async def wait_for_chunk_service(cluster: ClusterHandle, api: Api, user: ApiUser
             return
         assert time.monotonic() < deadline, f"chunk service never saw {VICTIM} change"
         await asyncio.sleep(0.5)
-
-
-async def make_admin(cluster: ClusterHandle, api: Api) -> ApiUser:
-    """An admin account made the supported way: the CLI against the cluster database."""
-    email = f"hm-admin-{uuid.uuid4().hex[:10]}@example.com"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DFMS_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dfms", "--data-dir", str(cluster.data_dir), "admin",
-        "create-user", "--admin", "--email", email, "--password", PASSWORD,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    status, body, _ = await api.request("POST", "/auth/login",
-                                        json={"email": email, "password": PASSWORD})
-    assert status == 200, body
-    tokens = body["tokens"]
-    return ApiUser(out.decode().strip(), email, PASSWORD, tokens["access_token"],
-                   tokens["refresh_token"])
 
 
 async def probe_leftovers(cluster: ClusterHandle) -> dict[str, list[str]]:

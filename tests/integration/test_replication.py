@@ -23,8 +23,9 @@ from dfms.ring import Ring
 from dfms.ring import store as ring_store
 from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient, chunk_key
-from tests.support.api import PASSWORD, Api, ApiUser
+from tests.support.api import Api
 from tests.support.cluster import ClusterHandle
+from tests.support.probe import make_admin
 
 MANAGER = "replication-manager"
 
@@ -172,15 +173,7 @@ async def test_the_cli_runs_one_pass_and_one_scrub(cluster: ClusterHandle, api: 
     assert code == 2 and "not allowed with" in out, out
 
     # The pass it just finished is what GET /admin/cluster reports.
-    email = f"repl-admin-{uuid.uuid4().hex[:10]}@example.com"
-    code, out = await run_cli(cluster, "admin", "create-user", "--admin", "--email", email,
-                              "--password", PASSWORD)
-    assert code == 0, out
-    status, body, _ = await api.request("POST", "/auth/login",
-                                        json={"email": email, "password": PASSWORD})
-    assert status == 200, body
-    admin = ApiUser(out.strip(), email, PASSWORD, body["tokens"]["access_token"],
-                    body["tokens"]["refresh_token"])
+    admin = await make_admin(cluster, api)
     status, view, _ = await api.request("GET", "/admin/cluster", admin)
     assert status == 200, view
     scrub = view["scrub"]
