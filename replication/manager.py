@@ -53,6 +53,14 @@ FULL_PASS_SECONDS = Gauge("dfms_replication_full_pass_seconds",
                           "Duration of the last full reconciliation pass")
 
 _QUEUE_PAGE = "SELECT id, chunk_sha256 FROM repair_queue WHERE id > $1 ORDER BY id LIMIT $2"
+_CHUNKS_NAMED = """
+SELECT c.sha256,
+       coalesce(array_agg(r.node_id) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS nodes,
+       coalesce(array_agg(r.state) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS states
+FROM chunks c LEFT JOIN chunk_replicas r ON r.chunk_sha256 = c.sha256
+WHERE c.sha256 = ANY($1::bytea[]) AND c.state <> 'sweeping'
+GROUP BY c.sha256
+"""
 _CHUNK_PAGE = """
 SELECT c.sha256,
        coalesce(array_agg(r.node_id) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS nodes,
@@ -205,7 +213,9 @@ class ReplicationManager(PooledService):
                        if d not in seen]
             seen.update(digests)
             stats.add("queue_entries", len(rows))
-            await self._repair_all(repairer, digests, stats)
+            chunks = await pool.fetch(_CHUNKS_NAMED, digests)
+            await self._repair_all(repairer, self._needing_work(repairer, chunks, stats,
+                                                                dequeue=True), stats)
 
     async def _reconcile_all(self, pool: asyncpg.Pool, repairer: ChunkRepairer,
                              stats: PassStats) -> bool:
@@ -232,14 +242,23 @@ class ReplicationManager(PooledService):
 
     @staticmethod
     def _needing_work(repairer: ChunkRepairer, rows: list[asyncpg.Record],
-                      stats: PassStats) -> list[bytes]:
+                      stats: PassStats, *, dequeue: bool = False) -> list[bytes]:
+        """The chunks of ``rows`` the repairer has something to do for, planned without
+        a lock: it plans them again under one. A chunk only waiting for a down target
+        is left (no transaction for it); a converged one only goes to the repairer to
+        leave the queue (``dequeue``)."""
         work: list[bytes] = []
         for row in rows:
             digest = bytes(row["sha256"])
-            replicas = dict(zip(row["nodes"], row["states"], strict=True))
+            plan = repairer.plan(digest, dict(zip(row["nodes"], row["states"], strict=True)))
             stats.add("chunks_checked")
-            if not repairer.plan(digest, replicas).converged:
+            if plan.converged:
+                if dequeue:
+                    work.append(digest)
+            elif plan.actionable:
                 work.append(digest)
+            else:
+                stats.add("chunks_waiting")
         return work
 
     async def _repair_all(self, repairer: ChunkRepairer, digests: list[bytes],

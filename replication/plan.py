@@ -58,6 +58,11 @@ class ChunkPlan:
         return not self.waiting
 
     @property
+    def actionable(self) -> bool:
+        """Something can be done now: a copy, or (every target held) a trim."""
+        return bool(self.copy_to) or (self.complete and bool(self.surplus or self.drop_rows))
+
+    @property
     def converged(self) -> bool:
         """Nothing left to do: all targets hold a replica and no extra rows remain."""
         return not (self.copy_to or self.waiting or self.surplus or self.drop_rows)

@@ -67,6 +67,7 @@ def test_a_briefly_down_target_is_waited_for_and_its_handoff_copy_kept() -> None
     assert plan.targets == tuple(TARGETS)  # still a target: no repair storm
     assert plan.waiting == (down,) and not plan.copy_to
     assert not plan.complete  # so the handoff copy on OTHER is not deleted
+    assert not plan.actionable  # nothing to do until it is back or lost
 
 
 def test_a_lost_target_is_replaced_by_a_handoff() -> None:
@@ -81,7 +82,7 @@ def test_a_node_back_from_loss_gets_its_copy_and_the_handoff_is_trimmed() -> Non
     replicas = {**dict.fromkeys(TARGETS[1:], "ok"), OTHER: "ok"}
     plan = plan_chunk(CHUNK, replicas, R, states(), 3)
     assert plan.copy_to == (TARGETS[0],) and plan.surplus == (OTHER,)
-    assert plan.complete  # the trim may follow the copy
+    assert plan.complete and plan.actionable  # the trim may follow the copy
 
 
 def test_a_draining_node_is_never_a_target_and_is_emptied() -> None:
