@@ -53,23 +53,17 @@ FULL_PASS_SECONDS = Gauge("dfms_replication_full_pass_seconds",
                           "Duration of the last full reconciliation pass")
 
 _QUEUE_PAGE = "SELECT id, chunk_sha256 FROM repair_queue WHERE id > $1 ORDER BY id LIMIT $2"
-_CHUNKS_NAMED = """
+# Chunks (those ``{where}`` selects, never ones being swept) with their replica rows.
+_WITH_REPLICAS = """
 SELECT c.sha256,
-       coalesce(array_agg(r.node_id) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS nodes,
-       coalesce(array_agg(r.state) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS states
-FROM chunks c LEFT JOIN chunk_replicas r ON r.chunk_sha256 = c.sha256
-WHERE c.sha256 = ANY($1::bytea[]) AND c.state <> 'sweeping'
-GROUP BY c.sha256
-"""
-_CHUNK_PAGE = """
-SELECT c.sha256,
-       coalesce(array_agg(r.node_id) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS nodes,
-       coalesce(array_agg(r.state) FILTER (WHERE r.node_id IS NOT NULL), '{}') AS states
-FROM (SELECT sha256 FROM chunks WHERE sha256 > $1 AND state <> 'sweeping'
-      ORDER BY sha256 LIMIT $2) c
+       coalesce(array_agg(r.node_id) FILTER (WHERE r.node_id IS NOT NULL), '{{}}') AS nodes,
+       coalesce(array_agg(r.state) FILTER (WHERE r.node_id IS NOT NULL), '{{}}') AS states
+FROM (SELECT sha256 FROM chunks WHERE {where} AND state <> 'sweeping' {then}) c
 LEFT JOIN chunk_replicas r ON r.chunk_sha256 = c.sha256
 GROUP BY c.sha256 ORDER BY c.sha256
 """
+_CHUNKS_NAMED = _WITH_REPLICAS.format(where="sha256 = ANY($1::bytea[])", then="")
+_CHUNK_PAGE = _WITH_REPLICAS.format(where="sha256 > $1", then="ORDER BY sha256 LIMIT $2")
 
 
 class ReplicationManager(PooledService):

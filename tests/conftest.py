@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
-from tests.support.api import Api
+from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle, attach, make_data_dir
 
 # Generous rate limits (the suite registers many users from one address) and a
@@ -50,3 +51,24 @@ def cluster() -> Iterator[ClusterHandle]:
 async def api(cluster: ClusterHandle) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         yield Api(cluster.gateway_url, session)
+
+
+@pytest.fixture
+async def user(api: Api) -> ApiUser:
+    """A freshly registered account."""
+    return await api.register()
+
+
+@pytest.fixture
+async def db(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the cluster's PostgreSQL (``pg`` is the same, by another name)."""
+    conn = await asyncpg.connect(cluster.postgres_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg(db: asyncpg.Connection) -> asyncpg.Connection:
+    return db

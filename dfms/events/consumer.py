@@ -44,7 +44,7 @@ from prometheus_client import Counter
 from dfms.config import Config
 from dfms.errors import DependencyUnavailable
 from dfms.events.envelope import Event, MalformedEvent, decode_event, dump_json
-from dfms.events.topics import DEAD_LETTER_TOPIC
+from dfms.events.topics import DEAD_LETTER_TOPIC, start_producer
 from dfms.metadata.db import create_pool
 from dfms.runtime.logs import get_logger
 
@@ -345,16 +345,5 @@ class EventConsumer:
 
     async def _get_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            kafka = self.config.kafka
-            producer = AIOKafkaProducer(
-                bootstrap_servers=kafka.bootstrap_servers, client_id=f"dfms-{self.name}-dlq",
-                acks="all", enable_idempotence=False,
-                request_timeout_ms=int(kafka.request_timeout_s * 1000))
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await start_producer(self.config.kafka, f"dfms-{self.name}-dlq")
         return self._producer

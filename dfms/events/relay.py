@@ -42,7 +42,7 @@ from prometheus_client import Counter, Gauge
 from dfms.config import Config
 from dfms.events.envelope import build_envelope, build_headers, encode_envelope
 from dfms.events.outbox import NOTIFY_CHANNEL
-from dfms.events.topics import ensure_topics
+from dfms.events.topics import ensure_topics, start_producer
 from dfms.metadata.db import connect
 from dfms.runtime.ops import ReadyCheck
 from dfms.runtime.pooled import PooledService
@@ -143,20 +143,9 @@ class OutboxRelay(PooledService):
         async with self._producer_lock:
             if self._producer is not None:
                 return self._producer
-            kafka = self.config.kafka
-            producer = AIOKafkaProducer(
-                bootstrap_servers=kafka.bootstrap_servers, client_id=f"dfms-{self.name}",
-                acks="all", enable_idempotence=False,  # the broker has no idempotent producer
-                request_timeout_ms=int(kafka.request_timeout_s * 1000),
-                max_batch_size=256 * 1024, linger_ms=2)
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise
-            self._producer = producer
-            return producer
+            self._producer = await start_producer(self.config.kafka, f"dfms-{self.name}",
+                                                  max_batch_size=256 * 1024, linger_ms=2)
+            return self._producer
 
     async def _check_topics(self, producer: AIOKafkaProducer, topics: set[str]) -> None:
         """Create any topic of ``topics`` the broker lacks before sending to it.

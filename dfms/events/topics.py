@@ -1,9 +1,11 @@
-"""The Kafka topics DFMS uses, and their idempotent creation."""
+"""The Kafka topics DFMS uses, their idempotent creation, and starting a producer."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -36,3 +38,19 @@ async def ensure_topics(cfg: KafkaConfig) -> list[str]:
         raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def start_producer(cfg: KafkaConfig, client_id: str, **options: Any) -> AIOKafkaProducer:
+    """A started producer with the settings every DFMS producer shares (``options`` add
+    to them); a producer that fails to start is closed again before the error goes up."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=cfg.bootstrap_servers, client_id=client_id,
+        acks="all", enable_idempotence=False,  # the local broker has no idempotent producer
+        request_timeout_ms=int(cfg.request_timeout_s * 1000), **options)
+    try:
+        await producer.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        raise
+    return producer

@@ -73,20 +73,6 @@ async def admin(api: Api, admin_credentials: tuple[str, str]) -> ApiUser:
     return ApiUser(user_id, email, PASSWORD, tokens["access_token"], tokens["refresh_token"])
 
 
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
-
-
-@pytest.fixture
-async def pg(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def _shared_ring_ok(pg: asyncpg.Connection) -> bool:
     ring = await load_latest(pg)
     assert ring is not None

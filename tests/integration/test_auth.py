@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,6 @@ def bearer(token: str) -> dict[str, str]:
 
 def new_email(tag: str = "user") -> str:
     return f"{tag}-{uuid.uuid4().hex[:12]}@example.com"
-
-
-@pytest.fixture
-async def pg(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def login(api: Api, email: str, password: str = PASSWORD) -> Response:

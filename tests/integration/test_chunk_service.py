@@ -42,13 +42,6 @@ async def client(cluster: ClusterHandle) -> AsyncIterator[ChunkClient]:
         yield c
 
 
-@pytest.fixture
-async def db(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    yield conn
-    await conn.close()
-
-
 async def read_all(client: ChunkClient, summary: object, **kw: int) -> bytes:
     return b"".join([piece async for piece in client.download(chunks=summary.chunks,  # type: ignore[attr-defined]
                                                                **kw)])

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,6 @@ from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle
 
 Record = ConsumerRecord[bytes, bytes]
-
-
-@pytest.fixture
-async def db(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
 
 
 def events_config(cluster: ClusterHandle, **events: object) -> Config:

@@ -34,11 +34,6 @@ async def download(api: Api, user: ApiUser, file_id: str,
     return status, body, hdrs
 
 
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
-
-
 async def test_raw_upload_and_download_round_trip(api: Api, user: ApiUser) -> None:
     data = os.urandom(3 * MIB + 17)
     status, body = await api.upload(user, "data.bin", data,

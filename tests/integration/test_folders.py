@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from tests.integration.test_files import assert_error
 from tests.support.api import Api, ApiUser
-
-
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
 
 
 async def make(api: Api, user: ApiUser, name: str, parent: str | None = None) -> dict:

@@ -30,6 +30,7 @@ from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient, chunk_key
 from tests.support.api import PASSWORD, Api, ApiUser
 from tests.support.cluster import ClusterHandle
+from tests.support.gc import gc_pass
 
 GRACE_S = 1.0
 KIB = 1024
@@ -41,38 +42,11 @@ def gc_config(cluster: ClusterHandle, grace_s: float = GRACE_S) -> Config:
                        overrides={"gc": {"grace_period_s": grace_s}})
 
 
-async def gc_pass(cfg: Config, *, dry_run: bool = False) -> dict[str, int]:
-    """One pass; waits out a pass of the cluster's own gc-worker if it holds the lock."""
-    worker = GcWorker(cfg, dry_run=dry_run)
-    try:
-        for _ in range(100):
-            stats = await worker.run_once()
-            if SKIPPED not in stats.counters:
-                assert stats.errors == 0, stats
-                return stats.counters
-            await asyncio.sleep(0.2)
-    finally:
-        await worker.close()
-    raise AssertionError("the GC lock stayed taken")
-
-
 async def past_grace(grace_s: float = GRACE_S) -> None:
     await asyncio.sleep(grace_s + 0.3)
 
 
 # --- fixtures -----------------------------------------------------------------------------
-
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
-
-
-@pytest.fixture
-async def db(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    yield conn
-    await conn.close()
-
 
 @pytest.fixture
 async def nodes(cluster: ClusterHandle) -> AsyncIterator[list[NodeClient]]:

@@ -14,12 +14,10 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dfms.healthmon.probe import PROBE_PREFIX, probe_key, probe_node, probe_s3_config
@@ -33,15 +31,6 @@ from tests.support.probe import make_admin
 VICTIM = "node-2"
 # Process names under which `dfms up` may run a health monitor of its own.
 MONITOR_PROCESSES = ("health-monitor", "healthmon", "health_monitor")
-
-
-@pytest.fixture
-async def pg(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def node_rows(pg: asyncpg.Connection) -> dict[str, asyncpg.Record]:

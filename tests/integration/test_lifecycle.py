@@ -10,36 +10,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
-import pytest
 
-from dfms.gc.worker import GcWorker
 from tests.integration.test_files import assert_error
 from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle
+from tests.support.gc import gc_pass
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
-
-
-@pytest.fixture
-async def db(cluster: ClusterHandle) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.postgres_dsn)
-    yield conn
-    await conn.close()
-
-
-async def gc_pass(cluster: ClusterHandle) -> dict[str, int]:
-    worker = GcWorker(cluster.config)
-    try:
-        stats = await worker.run_once()
-    finally:
-        await worker.close()
-    assert stats.errors == 0
-    return stats.counters
 
 
 async def body_of(api: Api, user: ApiUser, path: str) -> bytes:
@@ -183,7 +160,7 @@ async def test_gc_purges_trash_and_versions_past_retention(
     for i in range(4):
         await api.upload(user, "kept.txt", f"v{i}".encode())
     await db.execute("UPDATE users SET keep_versions = 2 WHERE id = $1", uuid.UUID(user.id))
-    counters = await gc_pass(cluster)
+    counters = await gc_pass(cluster.config)
     assert counters["trash_items_purged"] >= 1 and counters["versions_pruned"] >= 2
     _, listing, _ = await api.request("GET", "/trash", user)
     assert [i["id"] for i in listing["items"]] == [fresh["id"]]
@@ -279,7 +256,7 @@ async def test_gc_expires_stale_multipart_uploads(
     assert usage["used_bytes"] == 100_000  # open parts count against the quota
     await db.execute("UPDATE multipart_uploads SET expires_at = now() - interval '1 hour' "
                      "WHERE id = $1", uuid.UUID(up["upload_id"]))
-    assert (await gc_pass(cluster))["multipart_expired"] >= 1
+    assert (await gc_pass(cluster.config))["multipart_expired"] >= 1
     _, shown, _ = await api.request("GET", f"/files/upload/multipart/{up['upload_id']}", user)
     assert shown["state"] == "aborted" and shown["parts"] == []
     _, usage, _ = await api.request("GET", "/storage/usage", user)

@@ -11,16 +11,10 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
-import pytest
 
 from tests.integration.test_files import assert_error
 from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle
-
-
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
 
 
 async def upload(api: Api, user: ApiUser, name: str, data: bytes = b"x",

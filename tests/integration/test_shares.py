@@ -28,11 +28,6 @@ def assert_error(status: int, body: object, expected_status: int, code: str) -> 
     assert err["code"] == code and err["message"] and err["request_id"], body
 
 
-@pytest.fixture
-async def user(api: Api) -> ApiUser:
-    return await api.register()
-
-
 async def uploaded(api: Api, user: ApiUser, data: bytes, name: str | None = None) -> str:
     status, body = await api.upload(user, quote(name or f"f-{uuid.uuid4().hex}.bin"), data)
     assert status == 201, body

@@ -31,13 +31,12 @@ import os
 
 import aiohttp
 
-from dfms.config import Config
 from dfms.events.topics import CHUNKS_TOPIC, ensure_topics
-from dfms.gc.worker import SKIPPED, GcWorker
 from dfms.replication.manager import ReplicationManager
 from dfms.replication.scrubber import Scrubber
 from dfms.storage import chunk_key
 from tests.probe.conftest import ClusterFactory
+from tests.support.gc import gc_pass
 from tests.support.probe import (
     MIB,
     Probe,
@@ -374,21 +373,6 @@ UNREFERENCED = """
 SELECT c.sha256 FROM chunks c
 WHERE NOT EXISTS (SELECT 1 FROM manifest_entries e WHERE e.chunk_sha256 = c.sha256)
 """
-
-
-async def gc_pass(cfg: Config) -> dict[str, int]:
-    """One collector pass; waits out a pass of the cluster's own gc-worker."""
-    worker = GcWorker(cfg)
-    try:
-        for _ in range(100):
-            stats = await worker.run_once()
-            if SKIPPED not in stats.counters:
-                assert stats.errors == 0, stats
-                return stats.counters
-            await asyncio.sleep(0.2)
-    finally:
-        await worker.close()
-    raise AssertionError("the GC lock stayed taken")
 
 
 async def test_a_chunk_service_killed_mid_upload_leaves_only_garbage_gc_reclaims(
