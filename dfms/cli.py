@@ -10,7 +10,9 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from dfms import __version__
 from dfms.config import Config, dump_yaml, load_config, markdown_table, sample_yaml
 from dfms.errors import ConfigError, DfmsError
 from dfms.runtime.logs import setup_logging
@@ -63,12 +65,25 @@ async def _up(args: argparse.Namespace) -> int:
     start.result()  # re-raise a start-up failure
     print(f"\nDFMS local cluster ({opts.nodes} S3 nodes), data in {cluster.data_dir}:")
     print(cluster.endpoints_text())
+    if cluster.first_start:
+        print(_next_steps(cluster.data_dir))
     print(f"dfms up: ready in {cluster.ready_after_s:.1f}s; Ctrl-C stops everything", flush=True)
     await stop.wait()
     print("dfms up: stopping (reverse order)", flush=True)
     await cluster.stop()
     print("dfms up: stopped", flush=True)
     return 0
+
+
+def _next_steps(data_dir: Path) -> str:
+    dd = f" --data-dir {data_dir}" if data_dir != Path(DEFAULT_DATA_DIR).resolve() else ""
+    return "\n".join((
+        "", "Next steps (printed on a first start):",
+        f"  create the first admin:  dfms admin create-user{dd} --admin --email you@example.com",
+        f"  the services' config:    {data_dir / 'dfms.yaml'}   (dfms config show{dd})",
+        f"  endpoints and secrets:   {data_dir / 'cluster.json'}",
+        f"  processes:               dfms cluster ps{dd}",
+        "  stop everything:         Ctrl-C here (the data stays; `dfms up` again resumes)", ""))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -216,6 +231,35 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 # --- cluster control ------------------------------------------------------------------
 
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / (1 << 20):.0f} MiB" if n < 10 << 30 else f"{n / (1 << 30):.1f} GiB"
+
+
+def _human_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    minutes, secs = divmod(int(s), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _print_processes(listing: dict[str, dict[str, Any]]) -> None:
+    print(f"{'NAME':<20} {'STATE':<12} {'PID':>7}  {'RSS':>8}  {'UPTIME':>8}  "
+          f"{'RESTARTS':>8}  LISTENS ON")
+    for name, p in listing.items():
+        print(f"{name:<20} {p['state']:<12} {p['pid'] or '-':>7}  "
+              f"{_human_bytes(p['rss_bytes']):>8}  {_human_seconds(p['uptime_s']):>8}  "
+              f"{p['restarts']:>8}  {p['endpoint'] or '-'}")
+
+
+# What `dfms cluster ACTION NAME` printed when it worked; exit code 0.
+_DONE = {"stop": "stopped {name} (exit code {exit_code})",
+         "kill": "killed {name} (SIGKILL; exit code {exit_code})",
+         "start": "started {name} (pid {pid}); it is ready"}
+
+
 async def _cluster(args: argparse.Namespace) -> int:
     import aiohttp
 
@@ -227,20 +271,24 @@ async def _cluster(args: argparse.Namespace) -> int:
     if info.get("state") != "ready" or not control:
         raise DfmsError(f"no running cluster in {_data_dir(args)} (start it with `dfms up`)")
     headers = {TOKEN_HEADER: control["token"]}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        if args.action == "ps":
-            async with http.get(f"{control['url']}/processes") as resp:
-                for name, state in (await resp.json()).items():
-                    print(f"{name:<20} {'running' if state['running'] else 'stopped':<8} "
-                          f"pid {state['pid']}")
-            return 0
-        if not args.name:
-            raise DfmsError(f"`dfms cluster {args.action}` needs a process name (see `ps`)")
-        async with http.post(f"{control['url']}/processes/{args.name}/{args.action}") as resp:
-            body = await resp.json()
-            if resp.status != 200:
-                raise DfmsError(f"{args.action} {args.name}: {body.get('error')}")
-            print(f"{args.action} {args.name}: {body}")
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            if args.action == "ps":
+                async with http.get(f"{control['url']}/processes") as resp:
+                    _print_processes(await resp.json())
+                return 0
+            if not args.name:
+                raise DfmsError(f"`dfms cluster {args.action}` needs a process name "
+                                "(see `dfms cluster ps`)")
+            async with http.post(f"{control['url']}/processes/{args.name}/{args.action}"
+                                 ) as resp:
+                body = await resp.json()
+    except aiohttp.ClientConnectionError as exc:
+        raise DfmsError(f"the `dfms up` of {_data_dir(args)} does not answer ({exc}); "
+                        "is it still running?") from exc
+    if resp.status != 200:
+        raise DfmsError(f"could not {args.action} {args.name}: {body.get('error')}")
+    print(_DONE[args.action].format(**{**body, "name": args.name}))
     return 0
 
 
@@ -308,76 +356,92 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 # --- parser --------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dfms", description="DFMS distributed file store")
-    parser.add_argument("--config", help="YAML config file (default: $DFMS_CONFIG, else the "
-                        "data dir's dfms.yaml written by `dfms up`)")
-    parser.add_argument("--data-dir", help=f"cluster data directory (default: ${ENV_DATA_DIR} "
-                        f"or {DEFAULT_DATA_DIR})")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--config", default=default, help="YAML config file (default: "
+                        "$DFMS_CONFIG, else the data dir's dfms.yaml written by `dfms up`)")
+    parser.add_argument("--data-dir", default=default, help=f"cluster data directory "
+                        f"(default: ${ENV_DATA_DIR} or {DEFAULT_DATA_DIR})")
 
-    up = sub.add_parser("up", help="start the whole local cluster in this terminal")
+
+def _subcommands(parser: argparse.ArgumentParser, dest: str
+                 ) -> Callable[..., argparse.ArgumentParser]:
+    """``add(name, help, func)``: a subcommand that also takes the global options.
+
+    Given after the subcommand they win; left out, they keep what was given before it
+    (SUPPRESS: an absent option does not overwrite the namespace)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest=dest, required=True)
+
+    def add(name: str, help: str, func: Callable[[argparse.Namespace], int] | None = None
+            ) -> argparse.ArgumentParser:
+        child = sub.add_parser(name, help=help, description=help, parents=[common])
+        if func is not None:
+            child.set_defaults(func=func)
+        return child
+    return add
+
+
+def _add_up(add: Callable[..., argparse.ArgumentParser]) -> None:
+    up = add("up", "start the whole local cluster in this terminal", cmd_up)
     up.add_argument("--nodes", type=int, default=3, help="S3 storage nodes (default 3)")
     up.add_argument("--gateway-port", type=int, default=8080,
                     help="gateway port (default 8080; 0 picks a free one)")
-    up.set_defaults(func=cmd_up)
 
-    gw = sub.add_parser("gateway", help="run the HTTP gateway")
-    gw.set_defaults(func=cmd_gateway)
 
-    cs = sub.add_parser("chunk-service", help="run the gRPC chunk service")
-    cs.set_defaults(func=cmd_chunk_service)
-
-    hm = sub.add_parser("health-monitor", help="probe the storage nodes, track their health")
-    hm.set_defaults(func=cmd_health_monitor)
-
-    relay = sub.add_parser("event-relay", help="publish outbox events to Kafka")
-    relay.set_defaults(func=cmd_event_relay)
-
-    gcw = sub.add_parser("gc-worker", help="run the garbage collector (or one pass)")
+def _add_services(add: Callable[..., argparse.ArgumentParser]) -> None:
+    add("gateway", "run the HTTP gateway", cmd_gateway)
+    add("chunk-service", "run the gRPC chunk service", cmd_chunk_service)
+    add("health-monitor", "probe the storage nodes, track their health", cmd_health_monitor)
+    add("event-relay", "publish outbox events to Kafka", cmd_event_relay)
+    gcw = add("gc-worker", "run the garbage collector (or one pass)", cmd_gc_worker)
     gcw.add_argument("--once", action="store_true", help="run one pass, print its counts")
     gcw.add_argument("--dry-run", action="store_true",
                      help="with --once: only report what a pass would collect")
-    gcw.set_defaults(func=cmd_gc_worker)
-
-    rm = sub.add_parser("replication-manager",
-                        help="repair, rebalance and scrub replicas (or one pass)")
+    rm = add("replication-manager", "repair, rebalance and scrub replicas (or one pass)",
+             cmd_replication_manager)
     mode = rm.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
                       help="run one pass (repair queue and full reconciliation), print counts")
     mode.add_argument("--scrub", action="store_true",
                       help="run one full scrub pass over every replica, print counts")
-    rm.set_defaults(func=cmd_replication_manager)
 
-    clu = sub.add_parser("cluster", help="list, stop, kill or start processes of `dfms up`")
+
+def _add_tools(add: Callable[..., argparse.ArgumentParser]) -> None:
+    clu = add("cluster", "list, stop, kill or start processes of `dfms up`", cmd_cluster)
+    clu.epilog = ("ps lists every process with its state, pid, memory, uptime and address. "
+                  "stop sends the process its normal shutdown signal and waits (a clean stop); "
+                  "kill sends SIGKILL (a crash, for fault drills). Neither is restarted until "
+                  "`start`, which waits until the process is ready again.")
     clu.add_argument("action", choices=("ps", "stop", "kill", "start"))
     clu.add_argument("name", nargs="?", help="process name, e.g. node-2")
-    clu.set_defaults(func=cmd_cluster)
-
-    mig = sub.add_parser("migrate", help="apply, revert or list schema migrations")
+    mig = add("migrate", "apply, revert or list schema migrations", cmd_migrate)
     mig.add_argument("action", choices=("up", "down", "status"))
     mig.add_argument("--to", type=int, help="up: stop at this version")
     mig.add_argument("--steps", type=int, default=1, help="down: how many to revert")
-    mig.set_defaults(func=cmd_migrate)
-
-    keys = sub.add_parser("keys", help="manage ES256 token-signing keys")
+    keys = add("keys", "manage ES256 token-signing keys", cmd_keys)
     keys.add_argument("action", choices=("generate",))
     keys.add_argument("--dir", help="key directory (default: <data dir>/keys)")
-    keys.set_defaults(func=cmd_keys)
-
-    conf = sub.add_parser("config", help="show the effective config or a sample file")
+    conf = add("config", "show the effective config or a sample file", cmd_config)
     conf.add_argument("action", choices=("show", "sample", "markdown"))
-    conf.set_defaults(func=cmd_config)
-
-    adm = sub.add_parser("admin", help="account administration against the cluster database")
-    adm_sub = adm.add_subparsers(dest="action", required=True)
-    create = adm_sub.add_parser("create-user", help="create an account and print its id")
+    adm = add("admin", "account administration against the cluster database")
+    create = _subcommands(adm, "action")("create-user", "create an account and print its id",
+                                         cmd_admin)
     create.add_argument("--email", required=True)
     create.add_argument("--password", help="the password (default: prompt, or a line of "
                         "stdin when it is not a terminal)")
     create.add_argument("--display-name", help="default: the part of the email before '@'")
     create.add_argument("--admin", action="store_true", help="give the account the admin role")
-    create.set_defaults(func=cmd_admin)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfms", description="DFMS distributed file store")
+    parser.add_argument("--version", action="version", version=f"dfms {__version__}")
+    _global_options(parser, None)
+    add = _subcommands(parser, "command")
+    _add_up(add)
+    _add_services(add)
+    _add_tools(add)
     return parser
 
 

@@ -150,10 +150,11 @@ class OutboxRelay(PooledService):
     async def _check_topics(self, producer: AIOKafkaProducer, topics: set[str]) -> None:
         """Create any topic of ``topics`` the broker lacks before sending to it.
 
-        A broker that lost its topics (the local one keeps them in memory, so a
-        restart loses them) may acknowledge writes to a topic that does not exist
-        and then serve nothing of them: those events would be marked published and
-        never delivered. One metadata request per batch rules that out.
+        A broker that lost its topics (a memory-only broker after a restart; the
+        local one is durable since it stores on S3) may acknowledge writes to a topic
+        that does not exist and then serve nothing of them: those events would be
+        marked published and never delivered. One metadata request per batch rules
+        that out.
         """
         metadata = await producer.client.fetch_all_metadata()
         missing = topics - metadata.topics()

@@ -135,14 +135,20 @@ class LocalCluster:
         self.info = ClusterInfo(self.data_dir, self.data_dir / CONFIG_FILE)
         self.config: Config | None = None
         self.ready_after_s: float | None = None
+        self.first_start = False
         self._control: web.AppRunner | None = None
         self._probes: dict[str, Any] = {}
+        self._endpoints: dict[str, str] = {}  # where each process listens, for `cluster ps`
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> ClusterInfo:
         started = time.monotonic()
+        pg_user = servers.pg_system_user()
+        if pg_user:  # before anything is made: the database must be able to reach its dir
+            servers.check_traversable(self.data_dir, pg_user)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.first_start = not (self.data_dir / SECRETS_FILE).exists()
         self._lock()
         try:
             await self._start_all()
@@ -192,8 +198,8 @@ class LocalCluster:
         secret = _load_secrets(self.data_dir)
         await self._start_postgres(ports, secret["postgres_password"])
         await self._start_redis(ports, secret["redis_password"])
-        await self._start_kafka(ports)
         await self._start_s3_nodes(ports, secret["s3_secret_key"])
+        await self._start_kafka(ports, secret["s3_secret_key"])
         self.config = self._write_config(ports, gw_port)
         await self._bootstrap(self.config)
         await self._start_services(self.config)
@@ -202,7 +208,8 @@ class LocalCluster:
     async def _start_control(self, ports: PortAllocator) -> None:
         token = secrets.token_urlsafe(24)
         self._control = web.AppRunner(
-            build_control_app(self.supervisor, token, self._probes), access_log=None)
+            build_control_app(self.supervisor, token, self._probes, self._endpoints),
+            access_log=None)
         await self._control.setup()
         port = ports.get("control")
         await web.TCPSite(self._control, LOOPBACK, port).start()
@@ -210,8 +217,9 @@ class LocalCluster:
 
     # -- servers --------------------------------------------------------------
 
-    async def _start_and_wait(self, spec: ProcessSpec, probe: Any) -> ManagedProcess:
+    async def _start_and_wait(self, spec: ProcessSpec, probe: Any, port: int) -> ManagedProcess:
         self._probes[spec.name] = probe
+        self._endpoints[spec.name] = f"{LOOPBACK}:{port}"
         mp = await self.supervisor.start(spec)
         took = await servers.wait_ready(spec.name, probe, lambda: mp.running)
         log.info("ready", extra={"proc": spec.name, "seconds": round(took, 2)})
@@ -220,10 +228,11 @@ class LocalCluster:
     async def _start_postgres(self, ports: PortAllocator, password: str) -> None:
         pg_dir = self.data_dir / "postgres"
         servers.check_postgres_not_running(pg_dir)
-        user = await asyncio.to_thread(servers.prepare_postgres, pg_dir, password)
+        user = servers.pg_system_user()
+        await asyncio.to_thread(servers.prepare_postgres, pg_dir, password, user)
         port = ports.get("postgres")
         mp = await self._start_and_wait(servers.postgres_spec(pg_dir, port, user),
-                                        lambda: servers.postgres_ready(port, password))
+                                        lambda: servers.postgres_ready(port, password), port)
         self.info.postgres = {"dsn": servers.postgres_dsn(port, password), "port": port,
                               "pid": mp.pid}
 
@@ -232,46 +241,54 @@ class LocalCluster:
         url = servers.redis_url(port, password)
         mp = await self._start_and_wait(
             servers.redis_spec(self.data_dir / "redis", port, password),
-            lambda: servers.redis_ready(url))
+            lambda: servers.redis_ready(url), port)
         self.info.redis = {"url": url, "port": port, "pid": mp.pid}
 
-    async def _start_kafka(self, ports: PortAllocator) -> None:
+    async def _start_kafka(self, ports: PortAllocator, secret_key: str) -> None:
         port = ports.get("kafka")
-        mp = await self._start_and_wait(servers.kafka_spec(port),
-                                        lambda: servers.tcp_ready(port))
-        self.info.kafka = {"bootstrap_servers": f"{LOOPBACK}:{port}", "port": port,
-                           "pid": mp.pid}
+        store = self.info.kafka["store_endpoint"]
+        mp = await self._start_and_wait(
+            servers.kafka_spec(port, store, S3_ACCESS_KEY, secret_key),
+            lambda: servers.tcp_ready(port), port)
+        self.info.kafka.update({"bootstrap_servers": f"{LOOPBACK}:{port}", "port": port,
+                                "pid": mp.pid, "storage": servers.KAFKA_STORAGE_URL})
 
     async def _start_s3_nodes(self, ports: PortAllocator, secret_key: str) -> None:
+        """The ring's nodes and the broker's own store, in parallel: each takes a few
+        seconds and they do not depend on one another."""
+        names = [f"node-{i}" for i in range(1, self.opts.nodes + 1)] + [servers.KAFKA_STORE]
         specs = []
-        for i in range(1, self.opts.nodes + 1):
-            node_id = f"node-{i}"
+        for name in names:
             node_ports = servers.S3NodePorts(
-                **{p: ports.get(f"{node_id}.{p}") for p in servers.S3_NODE_PORTS})
-            spec = servers.s3_node_spec(node_id, self.data_dir / "s3" / node_id, node_ports,
-                                        S3_ACCESS_KEY, secret_key, "dfms-chunks")
-            specs.append((node_id, node_ports, spec))
-        for node_id, node_ports, _ in specs:
-            self._probes[node_id] = self._bucket_probe(node_ports.s3, secret_key)
+                **{p: ports.get(f"{name}.{p}") for p in servers.S3_NODE_PORTS})
+            is_store = name == servers.KAFKA_STORE
+            bucket = servers.KAFKA_BUCKET if is_store else "dfms-chunks"
+            node_dir = self.data_dir / ("kafka" if is_store else "s3") / name
+            spec = servers.s3_node_spec(name, node_dir, node_ports, S3_ACCESS_KEY, secret_key,
+                                        bucket)
+            self._probes[name] = self._bucket_probe(node_ports.s3, secret_key, bucket)
+            self._endpoints[name] = f"{LOOPBACK}:{node_ports.s3}"
+            specs.append((name, node_ports, spec))
         procs = [await self.supervisor.start(spec) for _, _, spec in specs]
-        # Nodes start in parallel: each takes a few seconds and they do not depend on
-        # one another.
         await asyncio.gather(*(
-            servers.wait_ready(node_id, self._probes[node_id], lambda mp=mp: mp.running)
-            for (node_id, _, _), mp in zip(specs, procs, strict=True)))
+            servers.wait_ready(name, self._probes[name], lambda mp=mp: mp.running)
+            for (name, _, _), mp in zip(specs, procs, strict=True)))
+        store_ports, store_proc = specs[-1][1], procs[-1]
+        self.info.kafka = {"store_endpoint": f"http://{LOOPBACK}:{store_ports.s3}",
+                           "store_pid": store_proc.pid}
         self.info.s3_nodes = [
-            {"id": node_id, "endpoint": f"http://{LOOPBACK}:{p.s3}", "zone": ZONES[i % 3],
+            {"id": name, "endpoint": f"http://{LOOPBACK}:{p.s3}", "zone": ZONES[i % 3],
              "pid": mp.pid}
-            for i, ((node_id, p, _), mp) in enumerate(zip(specs, procs, strict=True))]
+            for i, ((name, p, _), mp) in enumerate(zip(specs[:-1], procs[:-1], strict=True))]
 
     @staticmethod
-    def _bucket_probe(port: int, secret_key: str) -> Any:
+    def _bucket_probe(port: int, secret_key: str, bucket: str) -> Any:
         async def probe() -> None:
             client = Minio(f"{LOOPBACK}:{port}", access_key=S3_ACCESS_KEY,
                            secret_key=secret_key, secure=False)
             try:
-                if not await client.bucket_exists("dfms-chunks"):
-                    await client.make_bucket("dfms-chunks")
+                if not await client.bucket_exists(bucket):
+                    await client.make_bucket(bucket)
             finally:
                 await client.close_session()
         return probe
@@ -327,10 +344,12 @@ class LocalCluster:
                                             lambda mp=mp: mp.running)
             log.info("ready", extra={"proc": svc.name, "seconds": round(took, 2)})
             self.info.services[svc.name] = {"ops_url": url, "pid": mp.pid}
+            self._endpoints[svc.name] = f"{LOOPBACK}:{port}"
             if svc.grpc_port_key:
                 section, fname = svc.grpc_port_key
                 grpc_port = getattr(getattr(cfg, section), fname)
                 self.info.services[svc.name]["grpc_target"] = f"{LOOPBACK}:{grpc_port}"
+                self._endpoints[svc.name] = f"{LOOPBACK}:{grpc_port} (ops :{port})"
         self.info.gateway_url = self.info.services["gateway"]["ops_url"]
 
     def _write_cluster_file(self, state: str) -> None:
@@ -346,12 +365,12 @@ class LocalCluster:
             return None
 
     def endpoints_text(self) -> str:
-        lines = [f"  gateway      {self.info.gateway_url}"]
-        lines += [f"  {name:<12} {svc['ops_url']}/health" for name, svc in
-                  self.info.services.items()]
-        lines += [f"  postgres     {mask_url(self.info.postgres['dsn'])}",
-                  f"  redis        {mask_url(self.info.redis['url'])}",
-                  f"  kafka        {self.info.kafka['bootstrap_servers']}"]
-        lines += [f"  {n['id']:<12} {n['endpoint']}  ({n['zone']})" for n in self.info.s3_nodes]
-        lines.append(f"  endpoints and secrets: {self.data_dir / CLUSTER_FILE}")
-        return "\n".join(lines)
+        rows = [("gateway", self.info.gateway_url)]
+        rows += [(name, f"{svc['ops_url']}/health") for name, svc in self.info.services.items()]
+        rows += [("postgres", mask_url(self.info.postgres["dsn"])),
+                 ("redis", mask_url(self.info.redis["url"])),
+                 ("kafka", f"{self.info.kafka['bootstrap_servers']}  (durable: "
+                           f"{self.info.kafka['storage']} on {self.info.kafka['store_endpoint']})")]
+        rows += [(n["id"], f"{n['endpoint']}  ({n['zone']})") for n in self.info.s3_nodes]
+        rows.append(("endpoints and secrets", str(self.data_dir / CLUSTER_FILE)))
+        return "\n".join(f"  {name:<20} {where}" for name, where in rows)

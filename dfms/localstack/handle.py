@@ -75,7 +75,8 @@ class ClusterHandle:
 
     def pids(self) -> list[int]:
         info = self.info
-        pids = [info["postgres"]["pid"], info["redis"]["pid"], info["kafka"]["pid"]]
+        pids = [info["postgres"]["pid"], info["redis"]["pid"], info["kafka"]["pid"],
+                info["kafka"].get("store_pid")]
         pids += [n["pid"] for n in info["s3_nodes"]]
         pids += [s["pid"] for s in info["services"].values()]
         return [int(p) for p in pids if p]

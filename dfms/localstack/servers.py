@@ -7,8 +7,10 @@ database runs as a dedicated system user (created on first use).
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -34,7 +36,9 @@ READY_TIMEOUT_S = 60.0
 
 # --- PostgreSQL --------------------------------------------------------------
 
-def _pg_user() -> str | None:
+def pg_system_user() -> str | None:
+    """The system user PostgreSQL runs as: ours when we are not root (None), else
+    ``dfms-postgres`` (created on first use; PostgreSQL refuses to run as root)."""
     if os.geteuid() != 0:
         return None
     try:
@@ -45,41 +49,66 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER
 
 
-def _allow_traversal(path: Path) -> None:
-    """Let the PostgreSQL user reach ``path`` (search permission on each ancestor)."""
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+def _can_traverse(st: os.stat_result, uid: int, gids: set[int]) -> bool:
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
 
 
-def prepare_postgres(pg_dir: Path, password: str) -> str | None:
-    """initdb on first start; returns the system user PostgreSQL runs as (None = us)."""
-    user = _pg_user()
-    pg_dir.mkdir(parents=True, exist_ok=True)
+def check_traversable(data_dir: Path, user: str) -> None:
+    """Fail, naming the directory and the fix, if ``user`` cannot reach ``data_dir``.
+
+    DFMS never changes the permissions of directories it did not create: a parent
+    that is private to root (``mktemp -d`` makes 0700 ones) is the user's to open.
+    """
+    entry = pwd.getpwnam(user)
+    gids = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    for directory in (data_dir, *data_dir.parents):
+        if not directory.exists():  # created later, by us, searchable
+            continue
+        if not _can_traverse(directory.stat(), entry.pw_uid, gids):
+            raise StackError(
+                f"PostgreSQL runs as the system user {user!r} (it refuses to run as root) "
+                f"and cannot reach {data_dir}: {directory} is not searchable by that user "
+                f"(mode {stat.filemode(directory.stat().st_mode)}). Either allow it with "
+                f"`chmod o+x {directory}`, or choose a --data-dir that every user can reach "
+                f"(e.g. under /srv or /var/lib)")
+
+
+def _chown(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def prepare_postgres(pg_dir: Path, password: str, user: str | None) -> None:
+    """initdb on first start, as ``user`` (None = us)."""
+    pg_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if user:
-        _allow_traversal(pg_dir)
-        entry = pwd.getpwnam(user)
-        os.chown(pg_dir, entry.pw_uid, entry.pw_gid)
+        _chown(pg_dir, user)
     if (pg_dir / "PG_VERSION").exists():
-        return user
-    pwfile = pg_dir.parent / ".pgpass-init"
-    pwfile.write_text(password + "\n")
+        return
+    # initdb reads the password from a file: it goes in a private directory of the
+    # PostgreSQL user inside the data dir, removed when initdb is done.
+    init_dir = pg_dir.parent / ".postgres-init"
+    shutil.rmtree(init_dir, ignore_errors=True)
+    init_dir.mkdir(mode=0o700)
+    pwfile = init_dir / "password"
     try:
+        pwfile.write_text(password + "\n")
         if user:
-            entry = pwd.getpwnam(user)
-            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
-        pwfile.chmod(0o600)
+            _chown(init_dir, user)
+            _chown(pwfile, user)
         result = subprocess.run(
             [str(binaries.postgres_bin_dir() / "initdb"), "-D", str(pg_dir), "-U", PG_DB_USER,
              f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
              "--encoding=UTF8", "--locale=C"],
             user=user, capture_output=True, text=True, check=False)
     finally:
-        pwfile.unlink(missing_ok=True)
+        shutil.rmtree(init_dir, ignore_errors=True)
     if result.returncode != 0:
         raise StackError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
-    return user
 
 
 def check_postgres_not_running(pg_dir: Path) -> None:
@@ -153,12 +182,24 @@ async def redis_ready(url: str) -> None:
 
 # --- Kafka API (Tansu) -------------------------------------------------------
 
-def kafka_spec(port: int) -> ProcessSpec:
+# Tansu keeps topics, messages and committed consumer offsets in this bucket of
+# an S3 server of its own (`kafka-store`), never on a ring node, so a node drill
+# cannot take the broker down.
+KAFKA_STORE = "kafka-store"
+KAFKA_BUCKET = "tansu"
+KAFKA_STORAGE_URL = f"s3://{KAFKA_BUCKET}/"
+KAFKA_REGION = "us-east-1"
+
+
+def kafka_spec(port: int, store_endpoint: str, access_key: str, secret_key: str) -> ProcessSpec:
     url = f"tcp://{LOOPBACK}:{port}"
     return ProcessSpec(
         name="kafka",
         argv=[str(binaries.tansu()), "broker", "--listener-url", url,
-              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
+              "--advertised-listener-url", url, "--storage-engine", KAFKA_STORAGE_URL],
+        env={"AWS_ENDPOINT": store_endpoint, "AWS_ACCESS_KEY_ID": access_key,
+             "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_DEFAULT_REGION": KAFKA_REGION,
+             "AWS_ALLOW_HTTP": "true"})
 
 
 async def tcp_ready(port: int) -> None:

@@ -65,6 +65,8 @@ class ManagedProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._restarts: list[float] = []
+        self.restart_count = 0
+        self.started_at: float | None = None  # wall clock of the last start
 
     @property
     def pid(self) -> int | None:
@@ -74,8 +76,18 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    @property
+    def state(self) -> str:
+        """running, stopped (on purpose), exited (died, with its code) or not started."""
+        if self.proc is None:
+            return "not started"
+        if self.proc.returncode is None:
+            return "running"
+        return "stopped" if self._stopping else f"exited {self.proc.returncode}"
+
     async def start(self) -> None:
         self._stopping = False
+        self.started_at = time.time()
         env = {**os.environ, **self.spec.env}
         self.proc = await asyncio.create_subprocess_exec(
             *self.spec.argv, env=env, cwd=self.spec.cwd, user=self.spec.user,
@@ -105,6 +117,7 @@ class ManagedProcess:
                 await asyncio.sleep(1.0)
                 if not self._stopping:
                     log.warning("restarting", extra={"proc": self.spec.name})
+                    self.restart_count += 1
                     await self.start()
 
     def _may_restart(self) -> bool:
@@ -150,6 +163,11 @@ class Supervisor:
         self.processes: list[ManagedProcess] = []
         self.deaths: list[tuple[str, int]] = []
         self.died = asyncio.Event()
+
+    def announce(self, line: str) -> None:
+        """A line of `dfms up` itself on its terminal (not a child's log line)."""
+        self._out.write(f"-- {line}\n")
+        self._out.flush()
 
     def _report_death(self, mp: ManagedProcess, code: int) -> None:
         self.deaths.append((mp.spec.name, code))

@@ -220,6 +220,10 @@ def test_cli_reads_the_cluster_config(cluster: ClusterHandle) -> None:
     status = subprocess.run([*run, "migrate", "status"], capture_output=True, text=True,
                             timeout=60, check=True)
     assert "0001_cluster" in status.stdout and "pending" not in status.stdout
+    after = subprocess.run([sys.executable, "-m", "dfms", "migrate", "status", "--data-dir",
+                            str(cluster.data_dir)], capture_output=True, text=True, timeout=60,
+                           check=True, cwd="/")
+    assert after.stdout == status.stdout  # the global option after the subcommand
     up = subprocess.run([*run, "migrate", "up"], capture_output=True, text=True, timeout=60,
                         check=True)
     assert "0 migration(s) applied" in up.stdout
@@ -232,8 +236,18 @@ def test_cli_reads_the_cluster_config(cluster: ClusterHandle) -> None:
     if cluster.proc is not None:
         ps = subprocess.run([*run, "cluster", "ps"], capture_output=True, text=True,
                             timeout=60, check=True)
-        assert {"postgres", "node-1", "chunk-service", "gateway"} <= {
-            line.split()[0] for line in ps.stdout.splitlines() if "running" in line}
+        header, *lines = ps.stdout.splitlines()
+        assert header.split() == ["NAME", "STATE", "PID", "RSS", "UPTIME", "RESTARTS",
+                                  "LISTENS", "ON"]
+        rows = {line.split()[0]: line.split() for line in lines}
+        assert {"postgres", "redis", "kafka", "kafka-store", "node-1", "chunk-service",
+                "gateway", "gc-worker", "event-relay", "health-monitor"} <= set(rows)
+        gateway = rows["gateway"]
+        assert gateway[1] == "running" and int(gateway[2]) == cluster.info["services"][
+            "gateway"]["pid"]
+        assert gateway[4] == "MiB" and int(gateway[3]) > 10  # resident memory
+        assert gateway[-1] == cluster.gateway_url.removeprefix("http://")
+        assert rows["replication-manager"][1] in ("running", "stopped")  # tests toggle it
 
 
 async def _write_marks(info: dict[str, object], secret_key: str, mark: str) -> None:
@@ -294,6 +308,7 @@ async def test_data_survives_restart_and_stop_leaves_no_process() -> None:
 
         await asyncio.to_thread(handle.start, "--nodes", "5")
         assert len(handle.info["s3_nodes"]) == 5
+        assert handle.log_text().count("Next steps (printed on a first start)") == 1
         marks = await _read_marks(handle.info, secret)
         # The ring grew from 2 members (epoch 1) to 5 (epoch 2); data kept everywhere.
         assert marks == ["kept", "ring:5@2", "kept", "kept", "kept"]

@@ -31,7 +31,7 @@ import os
 
 import aiohttp
 
-from dfms.events.topics import CHUNKS_TOPIC, ensure_topics
+from dfms.events.topics import CHUNKS_TOPIC
 from dfms.replication.manager import ReplicationManager
 from dfms.replication.scrubber import Scrubber
 from dfms.storage import chunk_key
@@ -333,9 +333,8 @@ async def test_a_kafka_outage_with_a_node_down_loses_no_repair_work(
             assert all(r["published_at"] is None for r in rows)  # no broker: all waiting
             await probe.check_downloads()
 
-            # The broker comes back empty (memory storage): the topics are made again.
+            # The broker comes back with its topics (durable storage): nobody makes them.
             await cluster.control("start", "kafka")
-            await ensure_topics(cfg.kafka)
 
             async def backlog_published() -> bool:
                 unsent = await probe.db.fetchval(

@@ -1,0 +1,99 @@
+"""The command line: global options anywhere, --version, and the data-dir checks of `up`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+import dfms
+from dfms.cli import build_parser
+from dfms.errors import StackError
+from dfms.localstack.handle import make_data_dir
+from dfms.localstack.servers import check_traversable
+
+# Every subcommand, with the arguments it needs to parse.
+COMMANDS = [
+    ["up"], ["gateway"], ["chunk-service"], ["health-monitor"], ["event-relay"],
+    ["gc-worker", "--once"], ["replication-manager", "--scrub"], ["cluster", "ps"],
+    ["cluster", "kill", "node-2"], ["migrate", "status"], ["keys", "generate"],
+    ["config", "show"], ["admin", "create-user", "--email", "a@example.com"],
+]
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+                   ) -> set[tuple[str, ...]]:
+    found: set[tuple[str, ...]] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found |= _leaf_commands(child, (*prefix, name)) or {(*prefix, name)}
+    return found
+
+
+def test_the_table_covers_every_subcommand() -> None:
+    for leaf in _leaf_commands(build_parser()):
+        assert any(tuple(cmd[:len(leaf)]) == leaf for cmd in COMMANDS), leaf
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_global_options_before_or_after_the_subcommand(cmd: list[str]) -> None:
+    parser = build_parser()
+    before = parser.parse_args(["--data-dir", "D1", "--config", "C1.yaml", *cmd])
+    after = parser.parse_args([*cmd, "--data-dir", "D2", "--config", "C2.yaml"])
+    neither = parser.parse_args(cmd)
+    assert (before.data_dir, before.config) == ("D1", "C1.yaml")
+    assert (after.data_dir, after.config) == ("D2", "C2.yaml")
+    assert (neither.data_dir, neither.config) == (None, None)
+    # Given in both places, the one nearer the subcommand's own options wins.
+    both = parser.parse_args(["--data-dir", "D1", *cmd, "--data-dir", "D2"])
+    assert both.data_dir == "D2"
+
+
+def test_version_comes_from_one_place(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dfms {dfms.__version__}"
+    assert version("dfms") == dfms.__version__
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's tmp_path sits under a 0700 one)."""
+    path = make_data_dir("dfms-cli-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_private_parent_directory_is_named_with_the_fix(open_dir: Path) -> None:
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(StackError) as error:
+        check_traversable(private / "data", "nobody")  # need not exist yet
+    message = str(error.value)
+    assert f"{private} is not searchable" in message and f"chmod o+x {private}" in message
+    os.chmod(private, 0o711)
+    check_traversable(private / "data", "nobody")  # searchable now: no error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_up_as_root_fails_before_starting_anything_under_a_private_parent(
+        open_dir: Path) -> None:
+    parent = open_dir / "mktemp-like"
+    parent.mkdir(mode=0o700)
+    data_dir = parent / "cluster"
+    result = subprocess.run(
+        [sys.executable, "-m", "dfms", "up", "--data-dir", str(data_dir), "--gateway-port", "0"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"chmod o+x {parent}" in result.stderr
+    assert not data_dir.exists()  # no database, no lock, no secrets
+    assert oct(parent.stat().st_mode & 0o777) == "0o700"  # and nothing opened up
