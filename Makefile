@@ -16,7 +16,26 @@ $(STAMP): $(BIN)/python pyproject.toml $(wildcard setup.py) $(wildcard chunker/*
 	$(BIN)/python -m pip install --quiet -e '.[stack,dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The Compose specification's JSON schema for tests/unit/test_deploy.py, read out of the
+# docker-compose 1.29.2 wheel: downloaded, never installed (it pins PyYAML<6), and checked
+# against its known SHA-256.
+COMPOSE_SPEC := $(VENV)/share/compose_spec.json
+COMPOSE_WHEEL := docker_compose-1.29.2-py2.py3-none-any.whl
+COMPOSE_SPEC_SHA256 := 0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac
+
+$(COMPOSE_SPEC): $(BIN)/python
+	rm -rf $(VENV)/share/compose-dl
+	mkdir -p $(VENV)/share
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: \
+		--dest $(VENV)/share/compose-dl docker-compose==1.29.2
+	$(BIN)/python -c "import hashlib, sys, zipfile; \
+		data = zipfile.ZipFile(sys.argv[1]).read('compose/config/compose_spec.json'); \
+		assert hashlib.sha256(data).hexdigest() == sys.argv[3], 'unexpected compose_spec.json'; \
+		open(sys.argv[2], 'wb').write(data)" \
+		$(VENV)/share/compose-dl/$(COMPOSE_WHEEL) $@ $(COMPOSE_SPEC_SHA256)
+	rm -rf $(VENV)/share/compose-dl
+
+install: $(STAMP) $(COMPOSE_SPEC)
 
 ## Start the whole local cluster in this terminal (Ctrl-C stops it). ARGS="--nodes 5" etc.
 up: install

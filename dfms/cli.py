@@ -263,11 +263,18 @@ _DONE = {"stop": "stopped {name} (exit code {exit_code})",
 async def _cluster(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from dfms.localstack.cluster import read_cluster_file
+    from dfms.localstack.cluster import STALE, read_cluster_file
     from dfms.localstack.control import TOKEN_HEADER
+    from dfms.localstack.records import ProcessRecord
 
     info = read_cluster_file(_data_dir(args))
     control = info.get("control") or {}
+    if info.get("state") == STALE:
+        left = ", ".join(f"{r.name} (pid {r.pid})"
+                         for r in ProcessRecord(_data_dir(args)).survivors()) or "none"
+        raise DfmsError(f"the `dfms up` of {_data_dir(args)} (pid {info.get('pid')}) is no "
+                        f"longer running: its cluster.json is stale (was it killed?). "
+                        f"Processes of it still running: {left}")
     if info.get("state") != "ready" or not control:
         raise DfmsError(f"no running cluster in {_data_dir(args)} (start it with `dfms up`)")
     headers = {TOKEN_HEADER: control["token"]}

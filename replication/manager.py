@@ -25,7 +25,6 @@ The scrubber (``dfms.replication.scrubber``) runs in the same process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -42,6 +41,7 @@ from dfms.replication.repair import ChunkRepairer
 from dfms.replication.scrubber import Scrubber
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats, main_for
+from dfms.runtime.tasks import cancel_and_wait
 
 RECONCILE_LOCK_KEY = 0x0DF5_0008
 CONSUMER_NAME = "replication-manager"
@@ -102,10 +102,7 @@ class ReplicationManager(PooledService):
             timer.cancel()
         self._timers.clear()
         task, self._consumer_task = self._consumer_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()

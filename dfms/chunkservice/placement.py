@@ -8,7 +8,6 @@ chunk-service instance without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from dfms.config import S3Config
 from dfms.ring import Ring
 from dfms.ring.store import RingWatcher
 from dfms.runtime.logs import get_logger
+from dfms.runtime.tasks import cancel_and_wait
 from dfms.storage import NodeClient
 
 log = get_logger("chunk_service.placement")
@@ -57,10 +57,7 @@ class Placement:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()

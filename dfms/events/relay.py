@@ -47,6 +47,7 @@ from dfms.metadata.db import connect
 from dfms.runtime.ops import ReadyCheck
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats
+from dfms.runtime.tasks import cancel_and_wait
 
 PUBLISHED = Counter("dfms_outbox_published_total", "Outbox events published to Kafka",
                     ["topic"])
@@ -314,9 +315,7 @@ class OutboxRelay(PooledService):
                     async with asyncio.timeout(interval_s):
                         await self._wake.wait()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await cancel_and_wait(listener)
 
     def _on_notify(self, *_: object) -> None:
         self.trigger()

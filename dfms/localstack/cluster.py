@@ -30,6 +30,7 @@ from dfms.keys import ensure_keys
 from dfms.localstack import servers
 from dfms.localstack.control import build_control_app
 from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
+from dfms.localstack.records import ProcessRecord, Recorded, start_ticks, write_private
 from dfms.localstack.supervisor import ManagedProcess, ProcessSpec, Supervisor
 from dfms.metadata import db
 from dfms.metadata.cluster_state import NodeSpec, register_nodes
@@ -39,6 +40,7 @@ from dfms.runtime.logs import get_logger
 log = get_logger("up")
 
 CLUSTER_FILE = "cluster.json"
+STALE = "stale"
 CONFIG_FILE = "dfms.yaml"
 SECRETS_FILE = "secrets.json"
 LOCK_FILE = "up.lock"
@@ -98,21 +100,19 @@ class ClusterInfo:
 
 
 def read_cluster_file(data_dir: Path) -> dict[str, Any]:
+    """cluster.json, with ``state`` "stale" when it says ready but the `dfms up` that
+    wrote it is gone (killed: it had no chance to write "stopped")."""
     path = data_dir / CLUSTER_FILE
     if not path.exists():
         return {}
     try:
-        return dict(json.loads(path.read_text()))
+        info = dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(path)
+    if info.get("state") == "ready" and not Recorded("dfms up", int(info.get("pid") or 0),
+                                                     int(info.get("pid_start") or -1)).alive:
+        info["state"] = STALE
+    return info
 
 
 def _load_secrets(data_dir: Path) -> dict[str, str]:
@@ -121,7 +121,7 @@ def _load_secrets(data_dir: Path) -> dict[str, str]:
         return dict(json.loads(path.read_text()))
     values = {name: secrets.token_urlsafe(24)
               for name in ("postgres_password", "redis_password", "s3_secret_key")}
-    _write_private(path, json.dumps(values, indent=2))
+    write_private(path, json.dumps(values, indent=2))
     return values
 
 
@@ -130,7 +130,9 @@ class LocalCluster:
         self.opts = opts
         self.data_dir = opts.data_dir.resolve()
         self.out = out
-        self.supervisor = Supervisor(out)
+        self.record = ProcessRecord(self.data_dir)
+        self.supervisor = Supervisor(out, on_start=lambda mp: self.record.add(mp.spec.name,
+                                                                              mp.pid or 0))
         self._lock_fh: IO[str] | None = None
         self.info = ClusterInfo(self.data_dir, self.data_dir / CONFIG_FILE)
         self.config: Config | None = None
@@ -150,6 +152,14 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.first_start = not (self.data_dir / SECRETS_FILE).exists()
         self._lock()
+        survivors = self.record.survivors()
+        if survivors:
+            self._unlock()
+            names = ", ".join(f"{r.name} (pid {r.pid})" for r in survivors)
+            raise StackError(
+                f"processes of an earlier `dfms up` of {self.data_dir} are still running: "
+                f"{names}. Its `dfms up` was killed before it could stop them; stop them "
+                f"(kill {' '.join(str(r.pid) for r in survivors)}) and start again")
         try:
             await self._start_all()
         except BaseException:
@@ -164,8 +174,14 @@ class LocalCluster:
             await self._control.cleanup()
             self._control = None
         await self.supervisor.stop_all()
+        if self.supervisor.processes:
+            self.record.clear()
         if self._lock_fh is not None:
             self._write_cluster_file("stopped")
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fh is not None:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None
@@ -313,7 +329,7 @@ class LocalCluster:
             "auth": {"keys_dir": str(self.data_dir / "keys")},
         }
         cfg = load_config(self.opts.config_path, overrides=overrides)
-        _write_private(self.info.config_path, dump_yaml(cfg))
+        write_private(self.info.config_path, dump_yaml(cfg))
         return cfg
 
     async def _bootstrap(self, cfg: Config) -> None:
@@ -356,7 +372,8 @@ class LocalCluster:
         for node, mp in ((n, self._proc(n["id"])) for n in self.info.s3_nodes):
             node["pid"] = mp.pid if mp else None
         doc = self.info.to_json(state, os.getpid())
-        _write_private(self.data_dir / CLUSTER_FILE, json.dumps(doc, indent=2) + "\n")
+        doc["pid_start"] = start_ticks(os.getpid())
+        write_private(self.data_dir / CLUSTER_FILE, json.dumps(doc, indent=2) + "\n")
 
     def _proc(self, name: str) -> ManagedProcess | None:
         try:

@@ -3,7 +3,6 @@ or attach to one that is already running."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from dfms.config import Config, load_config
+from dfms.localstack.cluster import read_cluster_file
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
@@ -85,8 +85,7 @@ class ClusterHandle:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def read_info(self) -> dict[str, Any]:
-        path = self.data_dir / "cluster.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        return read_cluster_file(self.data_dir)
 
     def start(self, *extra: str, config: Path | None = None) -> None:
         """Run `dfms up` in the background and wait until it reports ready."""
@@ -135,7 +134,8 @@ def attach(spec: str) -> ClusterHandle:
     handle = ClusterHandle(data_dir=data_dir)
     handle.info = handle.read_info()
     if handle.info.get("state") != "ready":
-        raise RuntimeError(f"DFMS_TEST_CLUSTER={spec}: no ready cluster.json there")
+        raise RuntimeError(f"DFMS_TEST_CLUSTER={spec}: no ready cluster.json there (state "
+                           f"{handle.info.get('state')!r})")
     return handle
 
 

@@ -54,13 +54,15 @@ class ManagedProcess:
     RESTART_WINDOW_S = 60.0
 
     def __init__(self, spec: ProcessSpec, out: TextIO, color: str | None,
-                 on_death: Callable[[ManagedProcess, int], None]) -> None:
+                 on_death: Callable[[ManagedProcess, int], None],
+                 on_start: Callable[[ManagedProcess], None] | None = None) -> None:
         self.spec = spec
         self._out = out
         self._prefix = f"{spec.name:<18}| "
         if color:
             self._prefix = f"\x1b[{color}m{self._prefix}\x1b[0m"
         self._on_death = on_death
+        self._on_start = on_start
         self.proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -96,6 +98,8 @@ class ManagedProcess:
             preexec_fn=_preexec(self.spec.stop_signal), limit=1 << 20)
         self._tasks = [asyncio.create_task(self._pump(self.proc)),
                        asyncio.create_task(self._watch(self.proc))]
+        if self._on_start is not None:
+            self._on_start(self)
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -157,8 +161,10 @@ class ManagedProcess:
 class Supervisor:
     """Starts processes in order and stops them in reverse order."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
+    def __init__(self, out: TextIO = sys.stdout,
+                 on_start: Callable[[ManagedProcess], None] | None = None) -> None:
         self._out = out
+        self._on_start = on_start
         self._color = out.isatty()
         self.processes: list[ManagedProcess] = []
         self.deaths: list[tuple[str, int]] = []
@@ -179,7 +185,7 @@ class Supervisor:
 
     async def start(self, spec: ProcessSpec) -> ManagedProcess:
         color = _COLORS[len(self.processes) % len(_COLORS)] if self._color else None
-        mp = ManagedProcess(spec, self._out, color, self._report_death)
+        mp = ManagedProcess(spec, self._out, color, self._report_death, self._on_start)
         await mp.start()
         self.processes.append(mp)
         return mp

@@ -15,7 +15,9 @@ import abc
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from dfms.config import Config
 from dfms.runtime.logs import get_logger, setup_logging
 from dfms.runtime.ops import OpsServer, ReadyCheck
+from dfms.runtime.tasks import cancel_and_wait
 
 PASSES = Counter("dfms_service_passes_total", "Background passes run", ["service", "outcome"])
 PASS_SECONDS = Histogram("dfms_service_pass_seconds", "Duration of one background pass",
@@ -150,10 +153,33 @@ class BackgroundService(Service):
 
     async def _stop(self) -> None:
         task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
+
+
+# After a stop begins, the process exits within the grace period plus this, whatever
+# hangs (a client library retrying a dead broker, a task that ignores cancellation):
+# an orphan that keeps its port and joins the next cluster is worse than a cut-short stop.
+HARD_EXIT_MARGIN_S = 5.0
+EXIT_HUNG = 70
+
+
+class _ExitWatchdog:
+    """A daemon timer, started once, that ends the process with ``os._exit``."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._timer: threading.Timer | None = None
+
+    def arm(self, after_s: float) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(after_s, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with contextlib.suppress(Exception):  # the log's pipe may be gone with our parent
+            get_logger(self._name).error("stop did not finish in time; exiting now")
+        os._exit(EXIT_HUNG)
 
 
 async def run_service(service: Service, config: Config) -> int:
@@ -161,14 +187,17 @@ async def run_service(service: Service, config: Config) -> int:
     log = get_logger(service.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watchdog = _ExitWatchdog(service.name)
+    deadline_s = config.ops.shutdown_grace_s + HARD_EXIT_MARGIN_S
     signals = 0
 
     def on_signal(signum: int) -> None:
         nonlocal signals
         signals += 1
+        watchdog.arm(deadline_s)
         if signals > 1:
             log.warning("second signal: exiting now")
-            raise SystemExit(130)
+            os._exit(130)
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
         stop.set()
 
@@ -185,6 +214,7 @@ async def run_service(service: Service, config: Config) -> int:
         log.info("started")
         await stop.wait()
     finally:
+        watchdog.arm(deadline_s)
         try:
             async with asyncio.timeout(config.ops.shutdown_grace_s):
                 await service.stop()

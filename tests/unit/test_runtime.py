@@ -11,7 +11,8 @@ import pytest
 
 from dfms.localstack.supervisor import ProcessSpec, Supervisor
 from dfms.runtime.ops import OpsServer
-from dfms.runtime.service import BackgroundService, PassStats
+from dfms.runtime.service import EXIT_HUNG, HARD_EXIT_MARGIN_S, BackgroundService, PassStats
+from dfms.runtime.tasks import cancel_and_wait
 
 
 class Counting(BackgroundService):
@@ -168,3 +169,69 @@ async def test_a_service_process_stops_gracefully_on_signal(sig: int) -> None:
         code_ = await proc.wait()
     assert code_ == 0, rest
     assert b"stopped" in rest
+
+
+async def test_a_stop_that_hangs_and_swallows_cancellation_still_ends_the_process() -> None:
+    """The orphan found after SIGKILL of `dfms up`: a stop awaiting a cancelled task
+    with ``suppress(CancelledError)`` swallowed the grace timeout and then waited on
+    a client that never returned. The watchdog ends the process anyway."""
+    code = (
+        "import asyncio, contextlib\n"
+        "from dfms.config import load_config\n"
+        "from dfms.runtime.service import Service, run_service\n"
+        "class S(Service):\n"
+        "    name = 'stuck'\n"
+        "    async def _start(self):\n"
+        "        self.task = asyncio.create_task(asyncio.sleep(3600))\n"
+        "    async def _stop(self):\n"
+        "        self.task.cancel()\n"
+        "        with contextlib.suppress(asyncio.CancelledError):\n"
+        "            await self.task\n"
+        "        while True:\n"  # a client retrying a dead broker, deaf to cancellation
+        "            with contextlib.suppress(asyncio.CancelledError):\n"
+        "                await asyncio.sleep(3600)\n"
+        "from dfms.runtime.logs import setup_logging\n"
+        "setup_logging()\n"
+        "cfg = load_config(env={'DFMS_OPS__SHUTDOWN_GRACE_S': '0.5'})\n"
+        "raise SystemExit(asyncio.run(run_service(S(), cfg)))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    lines: list[bytes] = []
+    async with asyncio.timeout(20):
+        while not any(b"started" in line for line in lines):
+            line = await proc.stdout.readline()
+            assert line, b"".join(lines)
+            lines.append(line)
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    async with asyncio.timeout(20):
+        rest = await proc.stdout.read()
+        code_ = await proc.wait()
+    took = time.monotonic() - started
+    assert code_ == EXIT_HUNG, rest
+    assert b"stop did not finish in time" in rest
+    assert took < 0.5 + HARD_EXIT_MARGIN_S + 3
+
+
+async def test_cancel_and_wait_keeps_the_callers_own_cancellation() -> None:
+    async def worker() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.2)  # cleanup on cancel (e.g. leaving a consumer group)
+
+    async def stopper() -> str:
+        task = asyncio.create_task(worker())
+        await asyncio.sleep(0)  # let it start
+        await cancel_and_wait(task)
+        return "carried on past its deadline"
+
+    # The worker's own cancellation is absorbed ...
+    assert await stopper() == "carried on past its deadline"
+    # ... but a timeout aimed at the stopper while it waits is not swallowed.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await stopper()
