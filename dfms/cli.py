@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dfms import __version__
-from dfms.config import Config, dump_yaml, load_config, markdown_table, sample_yaml
-from dfms.errors import ConfigError, DfmsError
+from dfms.config import ENV_PREFIX, Config, dump_yaml, load_config, markdown_table, sample_yaml
+from dfms.errors import ConfigError, DfmsError, NoConfigError
 from dfms.runtime.logs import setup_logging
 from dfms.runtime.service import PassStats
 
@@ -33,10 +33,18 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if os.environ.get("DFMS_CONFIG"):
         return load_config()
     cluster_cfg = _data_dir(args) / "dfms.yaml"
-    if args.data_dir and not cluster_cfg.exists():
+    if cluster_cfg.exists():
+        return load_config(cluster_cfg)
+    if args.data_dir:
         raise ConfigError("--data-dir", str(args.data_dir),
                           "no dfms.yaml there; start the cluster with `dfms up` first")
-    return load_config(cluster_cfg if cluster_cfg.exists() else None)
+    if any(var.startswith(ENV_PREFIX) and "__" in var for var in os.environ):
+        return load_config()  # configured by DFMS_<SECTION>__<OPTION> alone (containers)
+    raise NoConfigError(
+        f"no cluster config found: {cluster_cfg.resolve()} does not exist. Start a local "
+        f"cluster here with `dfms up`, or point at one with --data-dir DIR (a `dfms up` "
+        f"data dir), --config FILE or $DFMS_CONFIG, or configure with "
+        f"DFMS_<SECTION>__<OPTION> environment variables")
 
 
 # --- up ----------------------------------------------------------------------
@@ -462,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except ConfigError as exc:
         print(f"dfms: config error: {exc}", file=sys.stderr)
+        return 2
+    except NoConfigError as exc:
+        print(f"dfms: {exc}", file=sys.stderr)
         return 2
     except DfmsError as exc:
         print(f"dfms: error: {exc}", file=sys.stderr)

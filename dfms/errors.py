@@ -22,6 +22,10 @@ class ConfigError(DfmsError, ValueError):
         super().__init__(f"invalid config {key}={value!r}: {allowed}")
 
 
+class NoConfigError(DfmsError):
+    """A command that needs a cluster's config found none (no file, no environment)."""
+
+
 class StackError(DfmsError):
     """The local cluster could not be started or stopped."""
 

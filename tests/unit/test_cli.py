@@ -97,3 +97,18 @@ def test_up_as_root_fails_before_starting_anything_under_a_private_parent(
     assert f"chmod o+x {parent}" in result.stderr
     assert not data_dir.exists()  # no database, no lock, no secrets
     assert oct(parent.stat().st_mode & 0o777) == "0o700"  # and nothing opened up
+
+
+@pytest.mark.parametrize("cmd", [["migrate", "status"], ["config", "show"],
+                                 ["admin", "create-user", "--email", "a@example.com"]])
+def test_without_any_cluster_config_the_cli_says_where_it_looked(cmd: list[str],
+                                                                  open_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFMS_")}
+    result = subprocess.run([sys.executable, "-m", "dfms", *cmd], capture_output=True,
+                            text=True, env=env, cwd=open_dir, timeout=60, check=False,
+                            input="a long passphrase\n")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"no cluster config found: {open_dir / '.dfms' / 'dfms.yaml'} does not exist" \
+        in result.stderr
+    assert "--data-dir" in result.stderr and "unreachable" not in result.stderr
+    assert result.stdout == ""  # no built-in defaults passed off as the cluster's config
