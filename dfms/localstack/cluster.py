@@ -329,6 +329,16 @@ class LocalCluster:
             "auth": {"keys_dir": str(self.data_dir / "keys")},
         }
         cfg = load_config(self.opts.config_path, overrides=overrides)
+        rep, nodes = cfg.replication, self.opts.nodes
+        if rep.replicas_n > nodes:
+            # A stack smaller than the replica count still works (without redundancy),
+            # rather than never becoming ready for want of a write quorum.
+            overrides["replication"].update(replicas_n=nodes,
+                                            write_quorum_w=min(rep.write_quorum_w, nodes))
+            cfg = load_config(self.opts.config_path, overrides=overrides)
+            log.warning("fewer nodes than replicas: keeping fewer copies", extra={
+                "nodes": nodes, "replicas_n": cfg.replication.replicas_n,
+                "write_quorum_w": cfg.replication.write_quorum_w})
         write_private(self.info.config_path, dump_yaml(cfg))
         return cfg
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,18 +88,25 @@ class ClusterHandle:
     def read_info(self) -> dict[str, Any]:
         return read_cluster_file(self.data_dir)
 
-    def start(self, *extra: str, config: Path | None = None) -> None:
-        """Run `dfms up` in the background and wait until it reports ready."""
+    def start(self, *extra: str, config: Path | None = None,
+              dfms: Sequence[str] = (sys.executable, "-m", "dfms"), cwd: Path | None = None,
+              env: Mapping[str, str] | None = None) -> None:
+        """Run `dfms up` in the background and wait until it reports ready.
+
+        ``dfms`` is the command (another environment's console script, say); ``env``
+        defaults to ours without any ``DFMS_*`` variable."""
         cluster_file = self.data_dir / "cluster.json"
         cluster_file.unlink(missing_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-up.log"
+        if env is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DFMS_")}
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dfms", "--data-dir", str(self.data_dir),
+                [*dfms, "--data-dir", str(self.data_dir),
                  *(["--config", str(config)] if config else []), "up",
                  "--gateway-port", "0", *extra],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={k: v for k, v in os.environ.items() if not k.startswith("DFMS_")})
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+                env=dict(env))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
