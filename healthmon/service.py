@@ -9,8 +9,10 @@ state machine (``dfms.healthmon.state``) moves the node. The chunk service re-re
 
 Several monitors may run at once. The node row is locked (``FOR UPDATE``) while a
 monitor applies a probe outcome to the stored state, so a change is written, and
-its event emitted, once. Streak counting (K failures, M successes) is per monitor;
-see ``dfms.healthmon.state``.
+its event emitted, once (``dfms.healthmon.record``: the passive marking of the chunk
+service and the replication manager, ``dfms.healthmon.passive``, changes health
+through the same code, and only ever healthy → suspect). Streak counting
+(K failures, M successes) is per monitor; see ``dfms.healthmon.state``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from dfms.config import Config
-from dfms.events import outbox
-from dfms.events.topics import NODES_TOPIC
 from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_config
+from dfms.healthmon.record import lock_node, record_change
 from dfms.healthmon.state import Health, NodeTrack, Thresholds, seed, step
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats, main_for
@@ -42,30 +42,10 @@ PROBE_FAILURES = Counter("dfms_node_probe_failures_total", "Failed node probes",
 
 # Enough to probe a large cluster within one interval without opening hundreds of sockets.
 MAX_CONCURRENT_PROBES = 16
-HEALTH_CHANGED = "node.health_changed"
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-EmitFn = Callable[[asyncpg.Connection, str, str, str, dict[str, Any]], Awaitable[object]]
-
-# The event hook: ``_record_change`` calls it inside the transaction that changes the
-# node row, as ``await EMIT(conn, topic, key, type, payload)``, so the event exists iff
-# the change commits. None would store state changes without announcing them.
-EMIT: EmitFn | None = outbox.emit
-
 _NODES = "SELECT id, endpoint FROM nodes WHERE admin_state <> 'removed' ORDER BY id"
-_LOCK_NODE = "SELECT health, admin_state FROM nodes WHERE id = $1 FOR UPDATE"
 _PROBED = "UPDATE nodes SET last_probe_at = now(), last_probe_latency_ms = $2 WHERE id = $1"
-_CHANGE = "UPDATE nodes SET health = $2, health_changed_at = now() WHERE id = $1"
-
-
-async def _record_change(conn: asyncpg.Connection, node_id: str, old: Health, new: Health,
-                         reason: str, latency_ms: float | None) -> None:
-    """Store a health change and announce it, in the caller's transaction."""
-    await conn.execute(_CHANGE, node_id, new.value)
-    if EMIT is not None:  # the single event call site
-        await EMIT(conn, NODES_TOPIC, node_id, HEALTH_CHANGED,
-                   {"node_id": node_id, "old": old.value, "new": new.value,
-                    "reason": reason, "latency_ms": latency_ms})
 
 
 def _reason(track: NodeTrack, result: ProbeResult) -> str:
@@ -197,7 +177,7 @@ class HealthMonitor(PooledService):
     async def _record(self, conn: asyncpg.Connection, node_id: str, result: ProbeResult,
                       stats: PassStats) -> None:
         async with conn.transaction():
-            row = await conn.fetchrow(_LOCK_NODE, node_id)
+            row = await lock_node(conn, node_id)
             if row is None or row["admin_state"] == "removed":
                 return  # removed while it was being probed
             stored = Health(row["health"])
@@ -209,8 +189,8 @@ class HealthMonitor(PooledService):
             await conn.execute(_PROBED, node_id, result.latency_ms)
             reason = _reason(new, result)
             if new.health is not stored:
-                await _record_change(conn, node_id, stored, new.health, reason,
-                                     result.latency_ms)
+                await record_change(conn, node_id, stored, new.health, reason,
+                                    result.latency_ms)
         # Only after the commit: a rolled-back pass must not advance the streak.
         self._tracks[node_id] = new
         for state in Health:

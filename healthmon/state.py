@@ -7,7 +7,7 @@ count):
 - healthy + failure → suspect, the first failure of a streak (→ down at once when K = 1,
   since that one failure already is K consecutive failures);
 - suspect + failure → down once the streak reaches K failures, counting the one that
-  made the node suspect; otherwise it stays suspect;
+  made the node suspect when this monitor's probe did; otherwise it stays suspect;
 - down + failure → down;
 - suspect or down + success → healthy once the streak reaches M successes; before that
   the node keeps its state (a suspect node is not cleared by a single lucky probe, and a
@@ -18,11 +18,14 @@ A node therefore never goes healthy → down without K consecutive failures, and
 down/suspect → healthy without M consecutive successes.
 
 The counters live in the memory of one monitor. When a monitor (re)starts, or finds
-that the stored state differs from what it tracked (another monitor or an operator
-changed it), it starts again from the stored state with ``seed()``: a suspect node
-counts the one failure that made it suspect, a down node counts as K failures, and no
-successes are counted. Several monitors therefore each count their own streaks; the
-stored state is the only thing they share.
+that the stored state differs from what it tracked (another monitor, an operator or
+the passive marking of a chunk service or replication manager changed it), it starts
+again from the stored state with ``seed()``: a down node counts as K failures, a
+suspect node counts none and no successes are counted. A stored ``suspect`` says that
+somebody saw the node fail, not that a probe did (``dfms.healthmon.passive`` marks a
+node suspect after failed chunk writes), so it takes K failed probes of this monitor to
+go down and M good ones to come back, exactly as from healthy. Several monitors
+therefore each count their own streaks; the stored state is the only thing they share.
 """
 
 from __future__ import annotations
@@ -57,10 +60,9 @@ class NodeTrack:
 
 
 def seed(health: Health | str, limits: Thresholds) -> NodeTrack:
-    """The track to start from when only the stored state is known."""
+    """The track to start from when only the stored state is known (a suspect node
+    starts with no failed probe counted: see the module docstring)."""
     health = Health(health)
-    if health is Health.SUSPECT:
-        return NodeTrack(health, failures=1)
     if health is Health.DOWN:
         return NodeTrack(health, failures=limits.failures_to_down)
     return NodeTrack(health)

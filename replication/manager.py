@@ -36,6 +36,7 @@ from dfms.errors import DependencyUnavailable
 from dfms.events.consumer import EventConsumer
 from dfms.events.envelope import Event
 from dfms.events.topics import CHUNKS_TOPIC, NODES_TOPIC
+from dfms.healthmon.passive import PassiveHealth
 from dfms.replication.cluster import NodeClients, Throttle, load_view
 from dfms.replication.repair import ChunkRepairer
 from dfms.replication.scrubber import Scrubber
@@ -81,6 +82,8 @@ class ReplicationManager(PooledService):
         self._full_requested = True  # the first scheduled pass is a full one
         self._last_full = float("-inf")
         self._timers: set[asyncio.TimerHandle] = set()
+        # Failed node requests of the repairs, counted across passes (made with the pool).
+        self._node_failures: PassiveHealth | None = None
 
     @property
     def ops_port(self) -> int:
@@ -112,6 +115,9 @@ class ReplicationManager(PooledService):
         await super()._stop()
 
     async def close_resources(self) -> None:
+        failures, self._node_failures = self._node_failures, None
+        if failures is not None:  # before the pool its markings use goes
+            await failures.close()
         await self._clients.close()
 
     # -- events -----------------------------------------------------------------------
@@ -175,9 +181,13 @@ class ReplicationManager(PooledService):
             stats.add("no_ring")
             return stats
         await self._clients.sync(view.endpoints)
+        if self._node_failures is None:
+            self._node_failures = PassiveHealth(pool, "replication-manager",
+                                                self.config.healthmon.passive_suspect_after)
         repairer = ChunkRepairer(pool, self._clients, view,
                                  replicas_n=self.config.replication.replicas_n,
-                                 throttle=self.throttle, stats=stats)
+                                 throttle=self.throttle, stats=stats,
+                                 node_failures=self._node_failures)
         stats.add("nodes_lost", len(view.states.lost))
         await self._drain_queue(pool, repairer, stats)
         if full:

@@ -29,11 +29,12 @@ import hashlib
 import asyncpg
 from prometheus_client import Counter
 
+from dfms.healthmon.passive import FailureStreaks
 from dfms.replication.cluster import ClusterView, NodeClients, Throttle
 from dfms.replication.plan import ChunkPlan, plan_chunk
 from dfms.runtime.logs import get_logger
 from dfms.runtime.service import PassStats
-from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
+from dfms.storage import ObjectNotFound, StorageError, chunk_key
 
 log = get_logger("replication_manager.repair")
 
@@ -47,6 +48,11 @@ CHUNK_LOCK_CLASS = 0x0DF5
 MAX_ROUNDS = 3
 # Hashing a few KiB on the event loop is cheaper than a thread hop.
 _INLINE_HASH_BYTES = 64 * 1024
+# What the passive health tracking calls our requests to the nodes (in its log lines).
+REPLICA_READ = "replica read"
+REPLICA_WRITE = "replica write"
+REPLICA_CHECK = "replica check"
+REPLICA_DELETE = "replica delete"
 
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
 _CHUNK = "SELECT size, state FROM chunks WHERE sha256 = $1 FOR KEY SHARE"
@@ -88,10 +94,17 @@ async def sha256_of(data: bytes) -> bytes:
 
 
 class ChunkRepairer:
-    """Repairs chunks against one ``ClusterView``; counters go to ``stats``."""
+    """Repairs chunks against one ``ClusterView``; counters go to ``stats``.
+
+    Every node request's outcome goes to ``node_failures`` (the manager's
+    ``PassiveHealth``, kept across passes): a failing node is logged once and then
+    rate-limited, not once per chunk, and marked suspect after a streak. Without one
+    (tests), failures are only counted and logged.
+    """
 
     def __init__(self, pool: asyncpg.Pool, clients: NodeClients, view: ClusterView, *,
-                 replicas_n: int, throttle: Throttle, stats: PassStats) -> None:
+                 replicas_n: int, throttle: Throttle, stats: PassStats,
+                 node_failures: FailureStreaks | None = None) -> None:
         if view.ring is None:
             raise ValueError("no ring is stored yet")
         self._pool = pool
@@ -101,6 +114,7 @@ class ChunkRepairer:
         self._n = replicas_n
         self._throttle = throttle
         self.stats = stats
+        self._failures = node_failures or FailureStreaks("replication-manager", 0)
 
     def plan(self, digest: bytes, replicas: dict[str, str]) -> ChunkPlan:
         return plan_chunk(digest.hex(), replicas, self._ring, self._view.states, self._n)
@@ -176,14 +190,15 @@ class ChunkRepairer:
             try:
                 data = await self._clients[node].get(key)
             except ObjectNotFound:
+                self._failures.succeeded(node, REPLICA_READ)  # it answered: the node works
                 if recorded:
                     await self._mark(conn, digest, node, "missing")
                     marked = True
                 continue
             except StorageError as exc:
-                log.warning("reading a repair source failed",
-                            extra={"chunk": digest.hex()[:16], "node": node, "error": str(exc)})
+                self._failures.failed(node, exc, REPLICA_READ)
                 continue
+            self._failures.succeeded(node, REPLICA_READ)
             if await sha256_of(data) != digest:
                 if recorded:
                     await self._mark(conn, digest, node, "corrupt")
@@ -218,9 +233,10 @@ class ChunkRepairer:
                 await self._clients[node].put(key, data, hex_digest)
             except StorageError as exc:
                 self.stats.add("copies_failed")
-                log.warning("writing a replica failed", extra={
-                    "chunk": hex_digest[:16], "node": node, "error": str(exc)})
+                # Not one warning per chunk: a dead node fails every copy to it.
+                self._failures.failed(node, exc, REPLICA_WRITE)
                 continue
+            self._failures.succeeded(node, REPLICA_WRITE)
             written.append(node)
             self.stats.add("replicas_copied")
             self.stats.add("bytes_copied", len(data))
@@ -243,10 +259,13 @@ class ChunkRepairer:
             try:
                 found = await self._clients[node].head(key)
             except ObjectNotFound:
+                self._failures.succeeded(node, REPLICA_CHECK)
                 await self._mark(conn, digest, node, "missing")
                 raise _Again from None
-            except StorageError:
+            except StorageError as exc:
+                self._failures.failed(node, exc, REPLICA_CHECK)
                 return False
+            self._failures.succeeded(node, REPLICA_CHECK)
             if found != size:
                 await self._mark(conn, digest, node, "corrupt")
                 raise _Again
@@ -259,12 +278,12 @@ class ChunkRepairer:
             try:
                 await self._clients[node].delete(key)
             except ObjectNotFound:
-                pass
-            except (NodeUnavailable, StorageError) as exc:
+                pass  # gone already: the node answered
+            except StorageError as exc:
                 self.stats.add("deletes_failed")
-                log.warning("deleting a surplus replica failed", extra={
-                    "chunk": digest.hex()[:16], "node": node, "error": str(exc)})
+                self._failures.failed(node, exc, REPLICA_DELETE)
                 continue
+            self._failures.succeeded(node, REPLICA_DELETE)
             gone.append(node)
         if gone:
             await conn.execute(_DROP, digest, gone)

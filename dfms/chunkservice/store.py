@@ -16,6 +16,11 @@ collector claimed the chunk between our check and our record, the bytes just
 written may be deleted, so the write waits and goes round again. Waiting is
 bounded (``SWEEP_WAIT_MAX_S``); past it the write fails with the retryable
 ``ChunkBeingSwept``.
+
+Every replica request's outcome goes to ``node_failures`` (``dfms.healthmon.passive``):
+in memory, it counts each node's consecutive failures, logs them rate-limited, and
+marks a healthy node suspect after ``healthmon.passive_suspect_after`` of them, in the
+background, without ever delaying or failing the request.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dfms.chunkservice.errors import ChunkBeingSwept, ChunkUnavailable, QuorumNo
 from dfms.chunkservice.placement import Placement
 from dfms.events import outbox
 from dfms.events.topics import CHUNKS_TOPIC
+from dfms.healthmon.passive import PassiveHealth
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
 
@@ -57,6 +63,9 @@ WRITE_RETRIES = 1
 # A write of a chunk the collector is sweeping polls until the row is gone.
 SWEEP_WAIT_POLL_S = 0.05
 SWEEP_WAIT_MAX_S = 60.0
+# What the passive health tracking calls our requests to the nodes (in its log lines).
+REPLICA_WRITE = "replica write"
+REPLICA_READ = "replica read"
 
 # The dedup check: a live or condemned chunk still has its bytes.
 _TOUCH = """
@@ -121,12 +130,16 @@ class _SweepWait:
 
 class ChunkStore:
     def __init__(self, pool: asyncpg.Pool, placement: Placement, *, replicas_n: int,
-                 write_quorum_w: int, straggler_timeout_s: float) -> None:
+                 write_quorum_w: int, straggler_timeout_s: float,
+                 suspect_after: int = 0) -> None:
         self._pool = pool
         self._placement = placement
         self.n = replicas_n
         self.w = write_quorum_w
         self._straggler_s = straggler_timeout_s
+        # Counts failed replica requests per node (in memory), logs them rate-limited and
+        # marks a healthy node suspect after ``suspect_after`` in a row (0 = never).
+        self.node_failures = PassiveHealth(pool, "chunk-service", suspect_after)
 
     # -- write -------------------------------------------------------------------
 
@@ -192,13 +205,16 @@ class ChunkStore:
             await asyncio.gather(*pending, return_exceptions=True)
         return acks, errors
 
-    @staticmethod
-    def _collect(task: asyncio.Task[None], node: str, acks: list[str],
+    def _collect(self, task: asyncio.Task[None], node: str, acks: list[str],
                  errors: list[str]) -> None:
         exc = task.exception()
         if exc is None:
+            self.node_failures.succeeded(node, REPLICA_WRITE)
             acks.append(node)
         elif isinstance(exc, StorageError):
+            # A straggler cancelled at the quorum is not counted: slowness is the
+            # monitor's call (its probes have a latency limit).
+            self.node_failures.failed(node, exc, REPLICA_WRITE)
             errors.append(str(exc))
         else:
             log.error("unexpected error writing a replica", exc_info=exc,
@@ -247,17 +263,22 @@ class ChunkStore:
             data = await self._placement.client(node).get(chunk_key(digest.hex()),
                                                           retries=retries)
         except ObjectNotFound:
+            self.node_failures.succeeded(node, REPLICA_READ)  # it answered: the node works
             failures.append(f"{node}: missing")
             if recorded:
                 await self._mark_bad(digest, node, "missing")
             return None
         except NodeUnavailable as exc:
+            self.node_failures.failed(node, exc, REPLICA_READ)
             failures.append(str(exc))
             unreachable.append(node)
             return None
         except StorageError as exc:
+            self.node_failures.failed(node, exc, REPLICA_READ)
             failures.append(str(exc))
             return None
+        # A corrupt replica is the object's fault, not the node's: the node answered.
+        self.node_failures.succeeded(node, REPLICA_READ)
         if await sha256_of(data) == digest:
             return data
         failures.append(f"{node}: corrupt")

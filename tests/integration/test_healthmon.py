@@ -101,6 +101,17 @@ async def probe_leftovers(cluster: ClusterHandle) -> dict[str, list[str]]:
     return left
 
 
+async def wait_all_healthy(cluster: ClusterHandle, pg: asyncpg.Connection) -> None:
+    """An earlier test that killed a node may have left it suspect: the chunk service
+    marks a node suspect itself after failed writes (dfms.healthmon.passive), and only
+    the running monitor's M good probes clear that. Wait for them."""
+    hm = cluster.config.healthmon
+    deadline = time.monotonic() + (hm.successes_to_healthy + 2) * hm.interval_s
+    while set((await health_of(pg)).values()) != {"healthy"}:
+        assert time.monotonic() < deadline, f"nodes not healthy: {await health_of(pg)}"
+        await asyncio.sleep(0.5)
+
+
 async def passes(monitor: HealthMonitor, count: int) -> PassStats:
     """``count`` passes; the counters of the last one."""
     stats = PassStats()
@@ -116,6 +127,7 @@ async def test_killed_node_goes_suspect_down_and_back(cluster: ClusterHandle, ap
     k, m = cfg.healthmon.failures_to_down, cfg.healthmon.successes_to_healthy
     assert k >= 2 and m >= 2, "the story below needs suspect to last more than one pass"
     monitor = HealthMonitor(cfg, instance_id=f"test-{uuid.uuid4().hex[:8]}")
+    await wait_all_healthy(cluster, pg)
     running = await control_processes(cluster)
     paused = [name for name in MONITOR_PROCESSES if running.get(name, {}).get("running")]
     for name in paused:

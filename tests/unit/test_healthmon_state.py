@@ -24,9 +24,10 @@ def run(start: Health, outcomes: list[bool], limits: Thresholds = LIMITS) -> lis
 def expected(start: Health, outcomes: list[bool], limits: Thresholds) -> list[Health]:
     """The rules read straight off the outcome history (no counters), as a reference.
 
-    The seeded history: a suspect node has one failure behind it, a down node K.
+    The seeded history: a down node has K failures behind it; a suspect node none (a
+    stored suspect may come from passive marking, not from a probe).
     """
-    seeded = {H: [], S: [False], D: [False] * limits.failures_to_down}[start]
+    seeded = {H: [], S: [], D: [False] * limits.failures_to_down}[start]
     history = list(seeded)
     state = start
     states = []
@@ -55,8 +56,10 @@ def expected(start: Health, outcomes: list[bool], limits: Thresholds) -> list[He
     (H, [False, False, False, True, True], [S, S, D, D, H]),  # down → healthy, no suspect
     (D, [True, False, True, True], [D, D, D, H]),  # an interrupted streak starts again
     (D, [True, False, False, False], [D, D, D, D]),  # a down node never drops to suspect
-    (S, [False, False], [S, D]),  # a stored suspect counts its first failure
+    (S, [False, False, False], [S, S, D]),  # a stored suspect: K failed probes of its own
+    (S, [False, True, True], [S, S, H]),
     (S, [True], [S]),
+    (S, [True, True], [S, H]),  # M good probes bring it back
 ])
 def test_rules_by_example(start: Health, outcomes: list[bool], states: list[Health]) -> None:
     assert run(start, outcomes) == states
@@ -79,7 +82,7 @@ def test_counters_stay_bounded() -> None:
 
 def test_seed_and_thresholds() -> None:
     assert seed("healthy", LIMITS) == NodeTrack(H)
-    assert seed("suspect", LIMITS) == NodeTrack(S, failures=1)
+    assert seed("suspect", LIMITS) == NodeTrack(S)
     assert seed("down", LIMITS) == NodeTrack(D, failures=3)
     with pytest.raises(ValueError, match="valid Health"):
         seed("sleepy", LIMITS)
