@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from dfms.config import KafkaConfig
 from dfms.errors import DependencyUnavailable
@@ -17,27 +20,64 @@ FILES_TOPIC = "dfms.files"
 NODES_TOPIC = "dfms.nodes"
 DEAD_LETTER_TOPIC = "dfms.deadletter"
 TOPICS = (CHUNKS_TOPIC, FILES_TOPIC, NODES_TOPIC, DEAD_LETTER_TOPIC)
+RETRY_INTERVAL_S = 2.0  # between attempts of ensure_topics(wait_s=...)
 
 
-async def ensure_topics(cfg: KafkaConfig) -> list[str]:
-    """Create any missing DFMS topic; returns the names created."""
+async def ensure_topics(cfg: KafkaConfig, *, wait_s: float = 0.0) -> list[str]:
+    """Create any missing DFMS topic (``kafka.topic_partitions`` partitions,
+    ``kafka.topic_replication_factor`` replicas); returns the names this call created.
+
+    An unreachable broker, or one that refuses a topic (e.g. fewer brokers than the
+    replication factor), raises ``DependencyUnavailable`` naming why. With ``wait_s``
+    the attempt is repeated until it succeeds or ``wait_s`` seconds have passed: the
+    brokers of a new cluster come up one by one. Topics that exist are left as they
+    are, whatever their replication.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await _create_missing(cfg)
+        except DependencyUnavailable:
+            if time.monotonic() + RETRY_INTERVAL_S > deadline:
+                raise
+        await asyncio.sleep(RETRY_INTERVAL_S)
+
+
+async def _create_missing(cfg: KafkaConfig) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers,
                                 request_timeout_ms=int(cfg.request_timeout_s * 1000))
     try:
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [t for t in TOPICS if t not in existing]
-        if missing:
-            new = [NewTopic(t, num_partitions=cfg.topic_partitions, replication_factor=1)
-                   for t in missing]
-            # Another process may have created them first; that is success too.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-        return missing
+        if not missing:
+            return []
+        response = await admin.create_topics([
+            NewTopic(t, num_partitions=cfg.topic_partitions,
+                     replication_factor=cfg.topic_replication_factor) for t in missing])
     except KafkaError as exc:
         raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
     finally:
         await admin.close()
+    return _created(response.topic_errors, cfg.topic_replication_factor)
+
+
+def _created(topic_errors: Iterable[tuple[Any, ...]], replication_factor: int) -> list[str]:
+    """The topics a CreateTopics answer created; raises when it refused any. One that
+    another process created first counts as present, not as created."""
+    created, refused = [], []
+    for topic, code, *message in topic_errors:
+        error = for_code(code)
+        if code == 0:
+            created.append(topic)
+        elif error is not TopicAlreadyExistsError:
+            detail = f": {message[0]}" if message and message[0] else ""
+            refused.append(f"{topic} ({error.__name__}{detail})")
+    if refused:
+        raise DependencyUnavailable(
+            f"Kafka refused to create topic(s) with replication factor {replication_factor}: "
+            + "; ".join(refused))
+    return created
 
 
 async def start_producer(cfg: KafkaConfig, client_id: str, **options: Any) -> AIOKafkaProducer:

@@ -3,7 +3,9 @@
 Every limited request is checked against three keys in ONE Lua script call:
 the whole gateway (``rl:global``), the caller (``rl:user:<id>``, or
 ``rl:ip:<addr>`` when anonymous) and the caller's endpoint class
-(``rl:<class>:<id or addr>``; ``auth`` always by address). Each key is a sorted
+(``rl:<class>:<id or addr>``; ``auth`` always by address). The address is the
+client's as ``dfms.gateway.client_address`` works it out (behind trusted proxies,
+from ``X-Forwarded-For``). Each key is a sorted
 set of the requests of the last window, scored by Redis server time, so the
 window is exact and gateway clocks do not matter. A request is counted only
 when every key allows it.
@@ -33,6 +35,7 @@ from redis.exceptions import RedisError
 
 from dfms.auth.tokens import InvalidToken, TokenService
 from dfms.config import RateLimitConfig
+from dfms.gateway.client_address import request_client_address
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, REDIS_KEY, TOKENS_KEY
 from dfms.gateway.errors import ApiError
 from dfms.gateway.security import bearer_token
@@ -305,7 +308,7 @@ async def ratelimit_middleware(request: web.Request,
     if guard is None or cls is None:
         return await handler(request)
     user_id = guard.callers.user_id(bearer_token(request))
-    limits = build_limits(guard.cfg, cls, user_id, request.remote or "unknown")
+    limits = build_limits(guard.cfg, cls, user_id, request_client_address(request))
     try:
         decision = await guard.check(limits)
     except Unavailable:

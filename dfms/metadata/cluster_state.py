@@ -1,21 +1,24 @@
-"""Storage-node registration and the ring that places chunks on them."""
+"""Storage-node registration and the ring that places chunks on them.
+
+The rules a node must follow (id, endpoint, zone, weight) are in ``dfms.nodes``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncpg
 
+from dfms.errors import DfmsError
+from dfms.metadata.admin import lock_ring
+from dfms.nodes import NodeSpec
+from dfms.ring import InvalidRing
 from dfms.ring import store as ring_store
 from dfms.ring.builder import RingBuilder
 
+__all__ = ["NodeSpec", "RingRefused", "register_new_node", "register_nodes"]
 
-@dataclass(frozen=True, slots=True)
-class NodeSpec:
-    node_id: str
-    endpoint: str
-    zone: str
-    weight: float = 1.0
+
+class RingRefused(DfmsError):
+    """The ring cannot take a node (e.g. its weight needs too many virtual nodes)."""
 
 
 _UPSERT = """
@@ -52,4 +55,37 @@ async def register_nodes(conn: asyncpg.Connection, nodes: list[NodeSpec], *,
     # save() takes its own transaction and lock; the ring change is idempotent on
     # retry because a second run finds every node already in the ring.
     await ring_store.save(conn, data)
+    return data.epoch
+
+
+_INSERT_NEW = """
+INSERT INTO nodes (id, endpoint, bucket, zone, weight) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def register_new_node(conn: asyncpg.Connection, node: NodeSpec, *,
+                            bucket: str) -> int | None:
+    """Add ``node`` to the nodes and the ring if its id was never registered.
+
+    Returns the ring epoch that added it, or None when the id is known, whatever
+    became of that node since (drained, removed: ids are never reused, and once
+    registered a node belongs to the admin API, so running this again changes
+    nothing). Holds the ring writers' lock from the check to the save, so
+    concurrent registrations each get their own epoch. A ring that cannot take
+    the node raises ``RingRefused`` and leaves no trace.
+    """
+    async with conn.transaction():
+        await lock_ring(conn)
+        inserted = await conn.execute(_INSERT_NEW, node.node_id, node.endpoint, bucket,
+                                      node.zone, node.weight)
+        if inserted.split()[-1] != "1":
+            return None
+        builder = RingBuilder(await ring_store.load_latest(conn))
+        try:
+            builder.add_node(node.node_id, node.zone, node.weight)
+            data = builder.build()
+        except InvalidRing as exc:
+            raise RingRefused(f"the ring cannot take node {node.node_id!r}: {exc}") from None
+        await ring_store.save(conn, data)
     return data.epoch

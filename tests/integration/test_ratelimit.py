@@ -207,7 +207,7 @@ async def test_streamed_downloads_and_uploads_are_limited_per_class(
         assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
     upload = {**user.headers, "X-File-Name": "again.txt",
               "Content-Type": "application/octet-stream"}
-    for expected in (201, 201, 429):  # the second upload is a new version; both count
+    for expected in (201, 200, 429):  # the second is the same bytes (unchanged); both count
         async with http.post(f"{tight}/api/v1/files/upload", data=b"x",
                              headers=upload) as resp:
             body = await resp.json()
@@ -263,3 +263,72 @@ async def test_fail_closed_answers_503(cluster: ClusterHandle, log_dir: Path,
         async with http.get(f"{url}/health") as resp:
             assert resp.status == 200
         assert await _errors_metric(http, url) > 0
+
+
+# --- client addresses behind a trusted proxy ------------------------------------------------
+
+XFF = "X-Forwarded-For"
+
+
+async def _login_as(http: aiohttp.ClientSession, url: str, forwarded: str | None
+                    ) -> aiohttp.ClientResponse:
+    body = {"email": "nobody@example.com", "password": "wrong password, surely"}
+    headers = {XFF: forwarded} if forwarded is not None else {}
+    async with http.post(f"{url}/api/v1/auth/login", json=body, headers=headers) as resp:
+        await resp.read()
+        return resp
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(
+        cluster: ClusterHandle, log_dir: Path, http: aiohttp.ClientSession,
+        rl_redis: aioredis.Redis) -> None:
+    # The test talks to the gateway from 127.0.0.1: it plays the trusted proxy.
+    env = {**TIGHT, "DFMS_GATEWAY__TRUSTED_PROXIES": "127.0.0.0/8, ::1"}
+    async with gateway(cluster, log_dir, **env) as url:
+        for remaining in ("2", "1", "0"):
+            resp = await _login_as(http, url, "203.0.113.7")
+            assert resp.status == 401 and resp.headers["X-RateLimit-Remaining"] == remaining
+        assert (await _login_as(http, url, "203.0.113.7")).status == 429
+        # Another client behind the same proxy is not locked out with the first ...
+        resp = await _login_as(http, url, "203.0.113.8")
+        assert resp.status == 401 and resp.headers["X-RateLimit-Remaining"] == "2"
+        # ... and the first cannot escape by claiming an address the proxy did not see:
+        # what it sends is to the left of what the proxy appended.
+        assert (await _login_as(http, url, "198.51.100.1, 203.0.113.7")).status == 429
+        # A second trusted proxy in the chain (it appended the proxy before it) is skipped.
+        assert (await _login_as(http, url, "203.0.113.7, 127.0.0.9")).status == 429
+        # No header: the proxy itself is the client.
+        resp = await _login_as(http, url, None)
+        assert resp.status == 401 and resp.headers["X-RateLimit-Remaining"] == "2"
+    assert await rl_redis.zcard("rl:auth:203.0.113.7") == 3
+    assert await rl_redis.zcard("rl:auth:203.0.113.8") == 1
+    assert await rl_redis.zcard("rl:auth:127.0.0.1") == 1
+
+
+async def test_without_trusted_proxies_the_header_is_ignored(
+        tight: str, http: aiohttp.ClientSession, rl_redis: aioredis.Redis) -> None:
+    for i, remaining in enumerate(("2", "1", "0")):
+        resp = await _login_as(http, tight, f"203.0.113.{i + 20}")
+        assert resp.status == 401 and resp.headers["X-RateLimit-Remaining"] == remaining
+    assert (await _login_as(http, tight, "203.0.113.99")).status == 429
+    assert await rl_redis.zcard("rl:auth:127.0.0.1") == 3
+    assert [key async for key in rl_redis.scan_iter(match="rl:auth:203.*")] == []
+
+
+async def test_share_password_attempts_count_per_forwarded_client(
+        cluster: ClusterHandle, log_dir: Path, api: Api, http: aiohttp.ClientSession,
+        rl_redis: aioredis.Redis) -> None:
+    owner = await api.register()
+    status, body = await api.upload(owner, "secret.txt", b"behind a password")
+    assert status == 201, body
+    status, shared, _ = await api.request("POST", f"/files/{body['id']}/share", owner,
+                                          json={"password": "the right one"})
+    assert status == 201, shared
+    env = {**TIGHT, "DFMS_GATEWAY__TRUSTED_PROXIES": "127.0.0.0/8"}
+    async with gateway(cluster, log_dir, **env) as url:
+        headers = {"X-Share-Password": "a wrong one", XFF: "203.0.113.40"}
+        async with http.get(f"{url}/s/{shared['token']}", headers=headers) as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == (
+                "wrong_password")
+    assert await rl_redis.zcard(f"rl:sharepw:{shared['id']}:203.0.113.40") == 1
+    assert [key async for key in rl_redis.scan_iter(match="rl:sharepw:*:127.0.0.1")] == []

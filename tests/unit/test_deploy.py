@@ -4,12 +4,15 @@ The compose file is parsed the way Compose reads it (YAML with merge keys, then
 ``${VAR}`` interpolation from deploy/.env) and checked against the Compose
 specification's JSON schema (``compose/config/compose_spec.json`` of the
 docker-compose 1.29.2 wheel, which ``make install`` puts in ``.venv/share``), and
-against the code: every ``dfms`` command parses with ``dfms.cli.build_parser()``,
-every ``DFMS_*`` variable is a config key and the resulting config loads, every
-mounted file exists, ``depends_on`` is satisfiable, host ports do not clash, images
-are pinned, every ``${VAR}`` is in deploy/.env.example, health checks, Prometheus
-targets and the proxy's upstreams use the ports the services really listen on, and
-every metric the alert rules and the dashboard use is one the code exports.
+against the code: every DFMS container runs a ``dfms`` command that parses with
+``dfms.cli.build_parser()``, every ``DFMS_*`` variable is a config key and the
+resulting config loads, every mounted file exists, ``depends_on`` is satisfiable, host
+ports do not clash, images are pinned, every ``${VAR}`` is in deploy/.env.example,
+health checks, Prometheus targets and the proxy's upstreams use the ports the services
+really listen on, the gateways trust the proxy's network for client addresses, the
+registered ring nodes are the MinIO services, the Kafka topics get a replication the
+brokers can give, and every metric the alert rules and the dashboard use is one the
+code exports.
 
 Each rule is a function returning a list of problems: the real files must have none,
 and each rule is shown to catch a mutated copy (the ``MUTATIONS`` table).
@@ -21,7 +24,6 @@ import argparse
 import ast
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import re
@@ -31,8 +33,8 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from functools import cache
+from ipaddress import ip_network
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +45,7 @@ import yaml
 from dfms import cli
 from dfms.config import ENV_CONFIG_PATH, ENV_PREFIX, Config, load_config
 from dfms.errors import ConfigError
-from dfms.events.topics import TOPICS
+from dfms.gateway.client_address import parse_networks
 from dfms.localstack.cluster import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,9 +175,21 @@ def raw_compose() -> Doc:
     return copy.deepcopy(_raw_compose())
 
 
-def compose_doc() -> Doc:
+def compose_doc(settings: dict[str, str] | None = None) -> Doc:
+    """The compose file as Compose reads it with deploy/.env filled in from .env.example
+    (``settings`` replace some of its values)."""
     example, _ = parse_env_file(_env_example())
-    return interpolate_doc(raw_compose(), filled_env(example))
+    return interpolate_doc(raw_compose(), {**filled_env(example), **(settings or {})})
+
+
+def commented_settings(names: re.Pattern[str]) -> dict[str, str]:
+    """Values .env.example offers in comments (e.g. the three-broker Kafka block)."""
+    found = re.findall(r"^#\s*([A-Z_][A-Z0-9_]*)=(\S*)$", _env_example(), re.MULTILINE)
+    return {k: v for k, v in found if names.fullmatch(k)}
+
+
+def active_profiles(settings: dict[str, str]) -> set[str]:
+    return {p for p in settings.get("COMPOSE_PROFILES", "").split(",") if p}
 
 
 @cache
@@ -357,14 +371,6 @@ def depends(svc: Doc) -> dict[str, str]:
     return {k: (v or {}).get("condition", "service_started") for k, v in dep.items()}
 
 
-def load_script(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_deploy_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def parses(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
     """None when ``args`` parse (``--help`` counts), else argparse's complaint."""
     err = io.StringIO()
@@ -393,29 +399,20 @@ def schema_problems(doc: Doc) -> Problems:
 
 
 def command_problems(doc: Doc) -> Problems:
-    """Every dfms command parses; a mounted script's arguments parse with its own parser."""
+    """Every container of the DFMS image runs the dfms CLI, with arguments that parse (no
+    scripts beside it: what a deployment needs is a real subcommand)."""
     problems = []
     dockerfile = _dockerfile()
-    for name, svc in doc["services"].items():
+    for name in doc["services"]:
         if not is_dfms_image(doc, name):
             continue
         args = argv(doc, name, dockerfile)
-        if args[:1] == ["dfms"]:
-            err = parses(cli.build_parser(), args[1:])
-            if err:
-                problems.append(f"{name}: `dfms {' '.join(args[1:])}`: {err}")
-        elif args[:1] == ["python"] and len(args) > 1 and args[1].endswith(".py"):
-            script = mounted_file(svc, args[1])
-            if script is None or not script.is_file():
-                problems.append(f"{name}: {args[1]} is not a file mounted from the repository")
-                continue
-            module = load_script(script)
-            err = parses(module.build_parser(), args[2:])
-            if err:
-                problems.append(f"{name}: `{' '.join(args[:2])}`: {err}")
-        else:
-            problems.append(f"{name}: runs {args[:2]}, neither the dfms CLI nor a "
-                            "repository script")
+        if args[:1] != ["dfms"]:
+            problems.append(f"{name}: runs {args[:2]}, not the dfms CLI")
+            continue
+        err = parses(cli.build_parser(), args[1:])
+        if err:
+            problems.append(f"{name}: `dfms {' '.join(args[1:])}`: {err}")
     return problems
 
 
@@ -733,8 +730,8 @@ def reference_problems(doc: Doc) -> Problems:
 
 
 def proxy_problems(doc: Doc) -> Problems:
-    """Traefik balances over exactly the gateway services, on the gateway port, and does
-    not expose /metrics."""
+    """Traefik balances over exactly the gateway services, on the gateway port, does not
+    expose /metrics, and the gateways trust its network for client addresses."""
     dynamic = yaml.safe_load(TRAEFIK_FILE.read_text())
     problems = []
     gateways = {name: service_port(doc, name, cmd)
@@ -753,23 +750,59 @@ def proxy_problems(doc: Doc) -> Problems:
             problems.append(f"traefik: router {router['rule']!r} exposes /metrics")
         if "tls" not in router:
             problems.append("traefik: a router without TLS")
+    return problems + _trust_problems(doc, sorted(gateways))
+
+
+def _trust_problems(doc: Doc, gateways: list[str]) -> Problems:
+    """Every gateway trusts X-Forwarded-For from the fixed subnets of the proxy's networks
+    (else every client shares Traefik's address in the rate limits), and only from there."""
+    services = doc["services"]
+    networks = doc.get("networks") or {}
+    subnets = [ip_network(c["subnet"]) for net in services["traefik"].get("networks") or []
+               for c in ((networks.get(net) or {}).get("ipam") or {}).get("config") or []]
+    if not subnets:
+        return ["traefik: its networks have no fixed subnet for the gateways to trust"]
+    problems = []
+    for name in gateways:
+        trusted = parse_networks(load_config(env=environment(services[name]))
+                                 .gateway.trusted_proxies)
+        missing = [str(net) for net in subnets
+                   if not any(net.version == t.version and net.subnet_of(t)  # type: ignore[arg-type]
+                              for t in trusted)]
+        if missing:
+            problems.append(f"{name}: does not trust the proxy's network {', '.join(missing)} "
+                            "(DFMS_GATEWAY__TRUSTED_PROXIES)")
+        extra = [str(t) for t in trusted if not any(
+            t.version == net.version and t.subnet_of(net) for net in subnets)]  # type: ignore[arg-type]
+        if extra:
+            problems.append(f"{name}: trusts {', '.join(extra)}, outside the proxy's networks")
     return problems
 
 
+def registrations(doc: Doc) -> dict[str, argparse.Namespace]:
+    """compose service -> its parsed `dfms nodes register` command."""
+    out = {}
+    for name in doc["services"]:
+        args = dfms_command(doc, name, _dockerfile())
+        if args and args[:2] == ["nodes", "register"] and parses(cli.build_parser(), args) is None:
+            out[name] = cli.build_parser().parse_args(args)
+    return out
+
+
 def ring_problems(doc: Doc) -> Problems:
-    """The nodes bootstrap registers are exactly the MinIO services, with their zone
-    labels; minio-init prepares the same nodes and the bucket and user DFMS uses."""
+    """The nodes the `dfms nodes register` jobs register are exactly the MinIO services,
+    with their zone labels, after the schema and the bucket exist, and before any DFMS
+    service starts; minio-init prepares the same nodes and the bucket and user DFMS uses."""
     services = doc["services"]
     problems = []
     minio = {name: svc for name, svc in services.items()
              if "minio/minio" in svc.get("image", "")}
-    boot_args = argv(doc, "bootstrap", _dockerfile())
-    script = mounted_file(services["bootstrap"], boot_args[1])
-    assert script is not None
-    nodes = load_script(script).build_parser().parse_args(boot_args[2:]).nodes
-    registered = {n.node_id: n for n in nodes}
+    jobs = registrations(doc)
+    registered = {args.node_id: args for args in jobs.values()}
+    if sorted(registered) != sorted(a.node_id for a in jobs.values()):
+        problems.append("two jobs register the same node id")
     if set(registered) != set(minio):
-        problems.append(f"bootstrap registers {sorted(registered)}, the MinIO services are "
+        problems.append(f"the jobs register {sorted(registered)}, the MinIO services are "
                         f"{sorted(minio)}")
     for name, node in registered.items():
         if name not in minio:
@@ -779,8 +812,34 @@ def ring_problems(doc: Doc) -> Problems:
             problems.append(f"{name}: registered in zone {node.zone}, labelled {zone}")
         if node.endpoint != f"http://{name}:9000":
             problems.append(f"{name}: registered at {node.endpoint}, listens on :9000")
+    # Every DFMS service but the event relay (which only publishes the outbox) needs the ring.
+    users = [n for n, cmd in long_running(doc, _dockerfile()).items() if cmd != "event-relay"]
+    problems += _waits_for(doc, jobs, ("migrate", "minio-init"), users)
+    problems += _minio_problems(doc, set(minio))
+    return problems
+
+
+def _waits_for(doc: Doc, jobs: dict[str, Any], before: tuple[str, ...],
+               after: list[str]) -> Problems:
+    """Each job runs after ``before`` completed, and the services ``after`` after the jobs."""
+    problems = []
+    done = "service_completed_successfully"
+    for job in sorted(jobs):
+        for first in before:
+            if depends(doc["services"][job]).get(first) != done:
+                problems.append(f"{job}: does not wait for {first} to complete")
+    for name in after:
+        for job in sorted(jobs):
+            if depends(doc["services"][name]).get(job) != done:
+                problems.append(f"{name}: does not wait for {job} to complete")
+    return problems
+
+
+def _minio_problems(doc: Doc, minio: set[str]) -> Problems:
+    services = doc["services"]
+    problems = []
     init = environment(services["minio-init"])
-    if set(init["MINIO_NODES"].split()) != set(minio):
+    if set(init["MINIO_NODES"].split()) != minio:
         problems.append(f"minio-init prepares {init['MINIO_NODES']}, not {sorted(minio)}")
     dfms_env = environment(services["chunk-service"])
     if init["BUCKET"] != dfms_env["DFMS_S3__BUCKET"]:
@@ -797,22 +856,71 @@ def ring_problems(doc: Doc) -> Problems:
     return problems
 
 
-def kafka_problems(doc: Doc) -> Problems:
+def volume_at(svc: Doc, target: str) -> str | None:
+    """The named volume mounted at ``target``, if one is."""
+    for vol in svc.get("volumes") or []:
+        source, _, rest = str(vol).partition(":")
+        if rest.partition(":")[0] == target and source in named_volumes(svc):
+            return source
+    return None
+
+
+def keys_problems(doc: Doc) -> Problems:
+    """One job creates the first signing key and share-link secret (`dfms keys generate
+    --if-missing`) on the volume every gateway reads its auth.keys_dir from, and the
+    DFMS services start after it."""
     services = doc["services"]
+    dockerfile = _dockerfile()
+    jobs = {name: cli.build_parser().parse_args(args) for name in services
+            if (args := dfms_command(doc, name, dockerfile) or [])[:2] == ["keys", "generate"]
+            and "--if-missing" in args}
+    if len(jobs) != 1:
+        return [f"{len(jobs)} jobs run `dfms keys generate --if-missing`, not one"]
+    [(job, args)] = jobs.items()
+    keys_dir = args.dir or load_config(env=environment(services[job])).auth.keys_dir
+    volume = volume_at(services[job], keys_dir)
+    problems = [] if volume else [f"{job}: writes {keys_dir}, which is on no named volume"]
+    for name, command in long_running(doc, dockerfile).items():
+        read = load_config(env=environment(services[name])).auth.keys_dir
+        if command == "gateway" and (read, volume_at(services[name], read)) != (
+                keys_dir, volume):
+            problems.append(f"{name}: reads keys from {volume_at(services[name], read)}:"
+                            f"{read}, {job} writes them to {volume}:{keys_dir}")
+    gateways = [n for n, cmd in long_running(doc, dockerfile).items() if cmd == "gateway"]
+    return problems + _waits_for(doc, jobs, (), gateways)
+
+
+def kafka_problems(doc: Doc, profiles: set[str]) -> Problems:
+    """Every DFMS process uses the same brokers, which are services running with
+    ``profiles``; `dfms migrate up` creates the topics with a replication those brokers
+    can give, the one they use by default, and at least their min.insync.replicas."""
+    services = doc["services"]
+    brokers = {n for n, svc in services.items()
+               if svc.get("image", "").startswith("apache/kafka")
+               and (not svc.get("profiles") or set(svc["profiles"]) & profiles)}
     problems = []
-    init = environment(services["kafka-init"])
-    if set(init["TOPICS"].split()) != set(TOPICS):
-        problems.append(f"kafka-init creates {init['TOPICS']}, DFMS uses {' '.join(TOPICS)}")
+    migrate_env = environment(services["migrate"])
+    servers = migrate_env["DFMS_KAFKA__BOOTSTRAP_SERVERS"]
     for name in services:
         env = environment(services[name])
-        servers = env.get("DFMS_KAFKA__BOOTSTRAP_SERVERS")
-        if servers is None:
-            continue
-        if servers != init["BOOTSTRAP"]:
-            problems.append(f"{name}: Kafka {servers}, kafka-init uses {init['BOOTSTRAP']}")
-        for server in servers.split(","):
-            if server.rpartition(":")[0] not in services:
-                problems.append(f"{name}: Kafka broker {server} is no service")
+        if env.get("DFMS_KAFKA__BOOTSTRAP_SERVERS", servers) != servers:
+            problems.append(f"{name}: Kafka {env['DFMS_KAFKA__BOOTSTRAP_SERVERS']}, "
+                            f"migrate uses {servers}")
+    for server in servers.split(","):
+        if server.rpartition(":")[0] not in brokers:
+            problems.append(f"Kafka broker {server} is no running service")
+    factor = load_config(env=migrate_env).kafka.topic_replication_factor
+    if factor > len(brokers):
+        problems.append(f"migrate: topics with replication factor {factor}, but "
+                        f"{len(brokers)} broker(s) run")
+    for name in sorted(brokers):
+        env = environment(services[name])
+        if int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) != factor:
+            problems.append(f"{name}: default replication {env['KAFKA_DEFAULT_REPLICATION_FACTOR']}"
+                            f", DFMS topics get {factor}")
+        if int(env["KAFKA_MIN_INSYNC_REPLICAS"]) > factor:
+            problems.append(f"{name}: min.insync.replicas {env['KAFKA_MIN_INSYNC_REPLICAS']} "
+                            f"> the topics' replication factor {factor}")
     return problems
 
 
@@ -1028,7 +1136,8 @@ def real_rules() -> dict[str, Callable[[], Problems]]:
         "references": lambda: reference_problems(doc),
         "proxy": lambda: proxy_problems(doc),
         "ring": lambda: ring_problems(doc),
-        "kafka": lambda: kafka_problems(doc),
+        "keys": lambda: keys_problems(doc),
+        "kafka": lambda: kafka_problems(doc, active_profiles(parse_env_file(_env_example())[0])),
         "otel": lambda: otel_problems(doc),
         "alert_metrics": lambda: metric_problems(alert_exprs(alerts)),
         "alert_rules": lambda: alert_rule_problems(alerts),
@@ -1040,7 +1149,7 @@ def real_rules() -> dict[str, Callable[[], Problems]]:
 
 RULES = ("schema", "commands", "env_keys", "config", "mounts", "depends_on", "ports", "images",
          "variables", "dockerfile", "health", "policy", "scrape", "references", "proxy", "ring",
-         "kafka", "otel", "alert_metrics", "alert_rules", "dashboard_metrics", "dashboard")
+         "keys", "kafka", "otel", "alert_metrics", "alert_rules", "dashboard_metrics", "dashboard")
 
 
 def test_rules_are_all_run() -> None:
@@ -1057,11 +1166,12 @@ def test_every_dfms_service_and_job_is_in_the_compose_file() -> None:
     running = long_running(doc, _dockerfile())
     assert set(running.values()) == set(LONG_RUNNING)  # all six DFMS services
     assert sorted(n for n, c in running.items() if c == "gateway") == ["gateway-1", "gateway-2"]
-    assert dfms_command(doc, "migrate", _dockerfile()) == ["migrate", "up"]
+    assert dfms_command(doc, "migrate", _dockerfile()) == ["migrate", "up",
+                                                          "--wait-for-topics", "150"]
     assert len([n for n, s in doc["services"].items()
                 if "minio/minio" in s.get("image", "")]) == 4
     kafka = {n: s.get("profiles") for n, s in doc["services"].items()
-             if s.get("image", "").startswith("apache/kafka") and n != "kafka-init"}
+             if s.get("image", "").startswith("apache/kafka")}
     assert kafka == {"kafka-1": None, "kafka-2": ["kafka-cluster"],
                      "kafka-3": ["kafka-cluster"]}
 
@@ -1104,17 +1214,31 @@ def test_code_metrics_are_found() -> None:
     assert {"gateway", "replication_manager", "scrubber", "gc_worker"} <= service_names()
 
 
-def test_bootstrap_parses_node_specs() -> None:
-    module = load_script(DEPLOY / "bootstrap.py")
-    node = module.parse_node("minio-9, http://10.0.0.9:9000/ ,rack-2,2.5")
-    assert (node.node_id, node.endpoint, node.zone, node.weight) == (
-        "minio-9", "http://10.0.0.9:9000", "rack-2", 2.5)
-    for bad in ("Minio-1,http://m:9000,z", "m,ftp://m:9000,z", "m,http://m:9000/x,z",
-                "m,http://m:9000,", "m,http://m:9000,z,0", "m,http://m:9000,z,inf",
-                "m,http://m:9000"):
-        with pytest.raises(ValueError):
-            module.parse_node(bad)
-    assert parses(module.build_parser(), ["--node", "m,http://m:9000,z", "--node", "x"])
+def test_the_three_broker_settings_give_the_topics_three_replicas() -> None:
+    """The kafka-cluster block of .env.example, uncommented: three brokers, and the topics
+    `dfms migrate up` creates get three replicas."""
+    settings = commented_settings(re.compile(r"COMPOSE_PROFILES|KAFKA_\w+"))
+    assert settings["COMPOSE_PROFILES"] == "kafka-cluster"
+    doc = compose_doc(settings)
+    assert kafka_problems(doc, active_profiles(settings)) == []
+    assert config_problems(doc) == []
+    migrate_cfg = load_config(env=environment(doc["services"]["migrate"]))
+    assert migrate_cfg.kafka.topic_replication_factor == 3
+    assert migrate_cfg.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+    # The same settings without the profile: topics the one running broker cannot hold.
+    assert "replication factor 3, but 1 broker(s) run" in " ".join(kafka_problems(doc, set()))
+
+
+def test_the_jobs_are_dfms_subcommands() -> None:
+    doc = compose_doc()
+    jobs = {name: dfms_command(doc, name, _dockerfile()) for name, svc in doc["services"].items()
+            if is_dfms_image(doc, name) and svc.get("restart") == "no"
+            and "tools" not in (svc.get("profiles") or [])}
+    assert jobs["migrate"][:2] == ["migrate", "up"]
+    assert jobs["keys"] == ["keys", "generate", "--if-missing"]
+    assert sorted(n for n, args in jobs.items() if args[:2] == ["nodes", "register"]) == [
+        f"register-minio-{i}" for i in range(1, 5)]
+    assert not (DEPLOY / "bootstrap.py").exists()
 
 
 # --- tests: each rule catches what it is there for ------------------------------------------
@@ -1174,12 +1298,16 @@ MUTATIONS: list[tuple[str, str, Callable[[], Problems], str]] = [
     ("commands", "an option the subcommand lacks",
      lambda: command_problems(_edit(compose_doc(), lambda d: _svc(d, "migrate").update(
          command=["migrate", "up", "--steps", "1", "--force"]))), "unrecognized arguments"),
-    ("commands", "a bad bootstrap node",
-     lambda: command_problems(_edit(compose_doc(), lambda d: _svc(d, "bootstrap")[
-         "command"].append("--node=Bad,http://x:9000,z"))), "bootstrap"),
-    ("commands", "a script that is not mounted",
-     lambda: command_problems(_edit(compose_doc(), lambda d: _svc(d, "bootstrap").update(
-         volumes=["dfms-keys:/var/lib/dfms/keys"]))), "not a file mounted"),
+    ("commands", "a node id the rules refuse",
+     lambda: command_problems(_edit(compose_doc(), lambda d: _svc(d, "register-minio-2")[
+         "command"].__setitem__(2, "Minio-2"))),
+     "register-minio-2: `dfms nodes register Minio-2"),
+    ("commands", "a node endpoint the rules refuse",
+     lambda: command_problems(_edit(compose_doc(), lambda d: _svc(d, "register-minio-3")[
+         "command"].__setitem__(4, "http://minio-3:9000/bucket"))), "argument --endpoint"),
+    ("commands", "a job that runs a script",
+     lambda: command_problems(_edit(compose_doc(), lambda d: _svc(d, "keys").update(
+         entrypoint=["python", "/opt/dfms/bootstrap.py"]))), "keys: runs ['python'"),
     ("env_keys", "an unknown option",
      lambda: env_key_problems(_set_env(compose_doc(), "gateway-1", "DFMS_GATEWAY__PROT",
                                        "8080")), "DFMS_GATEWAY__PROT is not"),
@@ -1218,7 +1346,7 @@ MUTATIONS: list[tuple[str, str, Callable[[], Problems], str]] = [
          "depends_on"].update({"postgres": {"condition": "service_completed_successfully"}}))),
      "restarted forever"),
     ("depends_on", "a default service needing a profile's service",
-     lambda: depends_problems(_edit(compose_doc(), lambda d: _svc(d, "kafka-init")[
+     lambda: depends_problems(_edit(compose_doc(), lambda d: _svc(d, "migrate")[
          "depends_on"].update({"kafka-3": {"condition": "service_healthy"}}))),
      "only runs with profile"),
     ("depends_on", "a cycle",
@@ -1333,6 +1461,17 @@ MUTATIONS: list[tuple[str, str, Callable[[], Problems], str]] = [
      lambda: proxy_problems(_edit(compose_doc(), lambda d: d["services"].update(
          {"gateway-3": copy.deepcopy(_svc(d, "gateway-2"))}))),
      "gateway http://gateway-3:8080 is not an upstream"),
+    ("proxy", "a gateway that does not trust the proxy",
+     lambda: proxy_problems(_drop_env(compose_doc(), "gateway-2",
+                                      "DFMS_GATEWAY__TRUSTED_PROXIES")),
+     "gateway-2: does not trust the proxy's network 10.201.0.0/24"),
+    ("proxy", "a gateway that trusts the backend network too",
+     lambda: proxy_problems(_set_env(compose_doc(), "gateway-1", "DFMS_GATEWAY__TRUSTED_PROXIES",
+                                     "10.201.0.0/24,172.16.0.0/12")),
+     "gateway-1: trusts 172.16.0.0/12, outside the proxy's networks"),
+    ("proxy", "a proxy network without a fixed subnet",
+     lambda: proxy_problems(_edit(compose_doc(), lambda d: d["networks"].update(edge={}))),
+     "no fixed subnet"),
     ("proxy", "a gateway port changed",
      lambda: proxy_problems(_set_env(compose_doc(), "gateway-2", "DFMS_GATEWAY__PORT",
                                      "8081")), "gateway-2:8081"),
@@ -1342,16 +1481,41 @@ MUTATIONS: list[tuple[str, str, Callable[[], Problems], str]] = [
     ("ring", "a MinIO node nobody registers",
      lambda: ring_problems(_edit(compose_doc(), lambda d: d["services"].update(
          {"minio-5": copy.deepcopy(_svc(d, "minio-4"))}))), "the MinIO services are"),
+    ("ring", "a service that starts before a node is registered",
+     lambda: ring_problems(_edit(compose_doc(), lambda d: _svc(d, "health-monitor")[
+         "depends_on"].pop("register-minio-3"))),
+     "health-monitor: does not wait for register-minio-3"),
+    ("ring", "a registration before the schema exists",
+     lambda: ring_problems(_edit(compose_doc(), lambda d: _svc(d, "register-minio-1")[
+         "depends_on"].pop("migrate"))), "register-minio-1: does not wait for migrate"),
+    ("keys", "no job creates the first keys",
+     lambda: keys_problems(_edit(compose_doc(), lambda d: _svc(d, "keys")["command"].remove(
+         "--if-missing"))), "0 jobs run `dfms keys generate --if-missing`"),
+    ("keys", "a gateway reading keys from another volume",
+     lambda: keys_problems(_replace_volume(compose_doc(), "gateway-2",
+                                           "dfms-keys:/var/lib/dfms/keys:ro",
+                                           "gateway-keys:/var/lib/dfms/keys:ro")),
+     "gateway-2: reads keys from gateway-keys:/var/lib/dfms/keys"),
+    ("keys", "a gateway that starts before the keys exist",
+     lambda: keys_problems(_edit(compose_doc(), lambda d: _svc(d, "gateway-1")[
+         "depends_on"].pop("keys"))), "gateway-1: does not wait for keys"),
     ("ring", "another bucket for DFMS",
      lambda: ring_problems(_edit(compose_doc(), lambda d: _svc(d, "chunk-service")[
          "environment"].update(DFMS_S3__BUCKET="chunks"))), "DFMS uses chunks"),
-    ("kafka", "a topic missing",
-     lambda: kafka_problems(_set_env(compose_doc(), "kafka-init", "TOPICS",
-                                     "dfms.chunks dfms.files dfms.nodes")), "kafka-init creates"),
+    ("kafka", "topics with more replicas than brokers",
+     lambda: kafka_problems(_set_env(compose_doc(), "migrate",
+                                     "DFMS_KAFKA__TOPIC_REPLICATION_FACTOR", "3"), set()),
+     "migrate: topics with replication factor 3, but 1 broker(s) run"),
     ("kafka", "a broker that is no service",
      lambda: kafka_problems(_set_env(compose_doc(), "event-relay",
-                                     "DFMS_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")),
+                                     "DFMS_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092"), set()),
      "event-relay: Kafka kafka:9092"),
+    ("kafka", "a broker only another profile runs",
+     lambda: kafka_problems(compose_doc({"KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092"}),
+                            set()), "kafka-2:9092 is no running service"),
+    ("kafka", "min.insync.replicas above the topics' replication",
+     lambda: kafka_problems(compose_doc({"KAFKA_MIN_INSYNC_REPLICAS": "2"}), set()),
+     "kafka-1: min.insync.replicas 2 > the topics' replication factor 1"),
     ("otel", "traces sent to no collector",
      lambda: otel_problems(_set_env(compose_doc(), "gateway-1", "OTEL_EXPORTER_OTLP_ENDPOINT",
                                     "http://otel:4318")), "gateway-1: OTEL_EXPORTER"),
@@ -1395,3 +1559,11 @@ def test_rule_catches_a_broken_copy(rule: str, what: str, problems: Callable[[],
                                     expected: str) -> None:
     found = problems()
     assert any(expected in p for p in found), (rule, what, found)
+
+
+def test_docs_name_no_path_outside_the_repository() -> None:
+    """The README and docs are read from a clone: nothing may point outside it."""
+    outside = re.compile(r"\.\./shared|/work/|\.\./\.\.")
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        hits = [line for line in doc.read_text().splitlines() if outside.search(line)]
+        assert hits == [], f"{doc.name}: {hits}"

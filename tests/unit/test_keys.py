@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -34,3 +35,39 @@ def test_ensure_generates_once(tmp_path: Path) -> None:
 def test_missing_keys_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SigningKeyError, match="dfms keys generate"):
         load_keys(tmp_path)
+
+
+def test_cli_creates_the_first_keys_only_if_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from dfms.auth.share_tokens import KEY_FILE
+    from dfms.cli import main
+
+    keys_dir = tmp_path / "keys"
+    for name in [n for n in os.environ if n.startswith("DFMS_")]:
+        monkeypatch.delenv(name)
+    # Configured by the environment alone, as in a container: auth.keys_dir is the default.
+    monkeypatch.setenv("DFMS_AUTH__KEYS_DIR", str(keys_dir))
+    monkeypatch.chdir(tmp_path)
+    assert main(["keys", "generate", "--if-missing"]) == 0
+    first = capsys.readouterr().out
+    key, _ = load_keys(keys_dir)
+    secret = (keys_dir / KEY_FILE).read_bytes()
+    assert f"signing key {key.kid} in {keys_dir}: generated (now current)" in first
+    assert "share-link secret" in first and "created" in first
+    assert main(["keys", "generate", "--if-missing"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("present, kept") == 2 and key.kid in again
+    assert load_keys(keys_dir)[0].kid == key.kid and (keys_dir / KEY_FILE).read_bytes() == secret
+    # Without --if-missing it rotates: a new key becomes current, the secret stays.
+    assert main(["keys", "generate"]) == 0
+    assert load_keys(keys_dir)[0].kid != key.kid
+    assert (keys_dir / KEY_FILE).read_bytes() == secret
+    # --dir wins over the config; a directory that cannot be written is a clear error.
+    other = tmp_path / "other"
+    assert main(["keys", "generate", "--if-missing", "--dir", str(other)]) == 0
+    assert (other / KEY_FILE).exists() and load_keys(other)[0].kid
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    assert main(["keys", "generate", "--if-missing", "--dir", str(blocked / "keys")]) == 1
+    assert f"cannot write keys in {blocked / 'keys'}" in capsys.readouterr().err
