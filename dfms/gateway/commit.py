@@ -4,6 +4,8 @@ Used by plain uploads and by multipart completion. Uploading to a name that is
 taken by a file in the folder appends a version to that file (it keeps its id);
 a folder of that name is a 409. Per-user commits are serialized so the quota
 check (507) cannot race, and ``If-Match`` guards against lost updates (412).
+Content identical to the current version's (same SHA-256) commits nothing and
+emits no event: the answer is the current version, marked ``unchanged``.
 """
 
 from __future__ import annotations
@@ -91,16 +93,32 @@ async def precheck(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
         _check_if_match(if_match, current)
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    row: ns.FileRow
+    unchanged: bool  # the content was the current version's: nothing was written
+
+
 async def commit_content(conn: asyncpg.Connection, cfg: LifecycleConfig, owner: uuid.UUID,
                          folder: uuid.UUID | None, name: str, content: Content, *,
-                         if_match: str | None = None) -> ns.FileRow:
-    """Store ``content`` as a new file or a new version; the caller owns the transaction."""
+                         if_match: str | None = None,
+                         force_version: bool = False) -> Committed:
+    """Store ``content`` as a new file or a new version; the caller owns the transaction.
+
+    Content whose SHA-256 is the current version's adds no version (unless
+    ``force_version``): re-sending a file must not push real history out of retention.
+    """
     await lc.lock_user(conn, owner)
     await ns.lock_names(conn, owner, folder)
     if await folder_named(conn, owner, folder, name):
         raise conflict("name_taken", f"a folder named {name!r} already exists there")
     current = await live_file_named(conn, owner, folder, name)
     _check_if_match(if_match, current)
+    if current is not None and not force_version and current.sha256 == content.sha256:
+        # No manifest, no version, no event: nothing changed. The stored chunks are
+        # the current manifest's (a dedup hit only refreshed them); any other chunk
+        # is unreferenced, like one of a failed upload, and GC reclaims it.
+        return Committed(current, unchanged=True)
     room = await lc.room_left(conn, owner, cfg)
     if room is not None and content.size > room:
         raise quota_error(await lc.quota_bytes(conn, owner, cfg))
@@ -113,9 +131,14 @@ async def commit_content(conn: asyncpg.Connection, cfg: LifecycleConfig, owner: 
         await lc.add_version(conn, file_id, manifest_id, content.mime_type)
     row = await ns.get_file(conn, owner, file_id)
     assert row is not None
-    await emit(conn, "dfms.files", str(file_id), "file.uploaded", {
-        "file_id": str(file_id), "owner_id": str(owner), "version": row.version,
+    await _emit_uploaded(conn, owner, row, manifest_id)
+    return Committed(row, unchanged=False)
+
+
+async def _emit_uploaded(conn: asyncpg.Connection, owner: uuid.UUID, row: ns.FileRow,
+                         manifest_id: uuid.UUID) -> None:
+    await emit(conn, "dfms.files", str(row.id), "file.uploaded", {
+        "file_id": str(row.id), "owner_id": str(owner), "version": row.version,
         "size": row.size, "sha256": row.sha256.hex(), "manifest_id": str(manifest_id),
-        "name": row.name, "folder_id": None if folder is None else str(folder),
+        "name": row.name, "folder_id": None if row.folder_id is None else str(row.folder_id),
         "mime_type": row.mime_type, "chunk_count": row.chunk_count})
-    return row

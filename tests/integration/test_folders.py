@@ -100,7 +100,9 @@ async def test_another_users_folders_are_404(api: Api, user: ApiUser) -> None:
 async def test_lone_surrogates_in_json_are_400(api: Api, user: ApiUser) -> None:
     status, body, _ = await api.request("POST", "/folders", user, data=b'{"name": "\\ud800"}',
                                         headers={"Content-Type": "application/json"})
-    assert_error(status, body, 400, "invalid_json")
+    # In a name, the validation says what is wrong with it (tests/integration/test_names.py).
+    assert_error(status, body, 400, "invalid_name")
+    assert "not valid UTF-8" in body["error"]["message"]
     status, body, _ = await api.request(
         "POST", "/auth/login", None, data=b'{"email": "a@b.co", "password": "\\udfff"}',
         headers={"Content-Type": "application/json"})

@@ -90,6 +90,66 @@ def test_names_are_nfc_normalized() -> None:
     assert clean_name("cafe\u0301") == "caf\u00e9"
 
 
+def name_error(name: object, what: str = "file name") -> str:
+    with pytest.raises(ApiError) as info:
+        clean_name(name, what)
+    assert (info.value.status, info.value.code) == (400, "invalid_name")
+    return info.value.message
+
+
+@pytest.mark.parametrize(("name", "trimmed"), [
+    ("trail.txt ", "trail.txt"), ("trail.txt   ", "trail.txt"), (" lead.txt", "lead.txt"),
+    ("\u00a0both\u3000", "both"), ("in  side .txt", "in  side .txt"),
+])
+def test_spaces_are_trimmed_at_both_ends(name: str, trimmed: str) -> None:
+    assert clean_name(name) == trimmed
+
+
+@pytest.mark.parametrize("name", ["  ", " ", "\u00a0", "\u3000 "])
+def test_names_of_spaces_only_are_empty(name: str) -> None:
+    assert "empty" in name_error(name)
+
+
+@pytest.mark.parametrize(("name", "char"), [
+    ("rtl\u202etxt.exe", "U+202E"), ("\u202alre", "U+202A"), ("x\u202d", "U+202D"),
+    ("iso\u2066late", "U+2066"), ("pop\u2069", "U+2069"), ("lrm\u200e.txt", "U+200E"),
+    ("zero\u200bwidth", "U+200B"), ("word\u2060joiner", "U+2060"), ("\ufeffbom", "U+FEFF"),
+    ("rep\u200dort", "U+200D"), ("\u200ca", "U+200C"), ("caf\u00e9\u200d", "U+200D"),
+])
+def test_deceptive_characters_are_rejected_by_code_point(name: str, char: str) -> None:
+    message = name_error(name)
+    assert char in message and message.startswith("file name must not contain")
+
+
+@pytest.mark.parametrize("name", ["\U0001f468\u200d\U0001f469\u200d\U0001f467",
+                                  "\U0001f3f3\ufe0f\u200d\U0001f308 flag",
+                                  "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.txt"])
+def test_joiners_inside_emoji_and_scripts_that_need_them_are_kept(name: str) -> None:
+    assert clean_name(name) == name
+
+
+@pytest.mark.parametrize(("name", "shown"), [("\udcff.txt", "byte 0xFF"),
+                                             ("a\udc80", "byte 0x80"),
+                                             ("x\ud800", "surrogate U+D800")])
+def test_names_that_are_not_utf8_say_so(name: str, shown: str) -> None:
+    message = name_error(name)
+    assert "not valid UTF-8" in message and shown in message
+    assert "percent-encoded" in message and "control" not in message
+
+
+def test_header_names_are_percent_decoded_then_validated() -> None:
+    from dfms.gateway.names import decode_header_name
+
+    assert decode_header_name("report%202024.pdf%20") == "report 2024.pdf"
+    for raw in ("caf%E9.txt", "%FF", "caf\udce9.txt"):  # Latin-1, not UTF-8; a raw byte
+        with pytest.raises(ApiError) as info:
+            decode_header_name(raw)
+        assert info.value.code == "invalid_name" and "not valid UTF-8" in info.value.message
+    with pytest.raises(ApiError) as info:
+        decode_header_name("%20%20")
+    assert "empty" in info.value.message
+
+
 @pytest.mark.parametrize(("head", "name", "mime"), [
     (b"%PDF-1.7 ...", "x.bin", "application/pdf"),
     (b"\x89PNG\r\n\x1a\n....", "photo", "image/png"),
