@@ -10,13 +10,25 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dfms import __version__
 from dfms.config import ENV_PREFIX, Config, dump_yaml, load_config, markdown_table, sample_yaml
-from dfms.errors import ConfigError, DfmsError, NoConfigError
+from dfms.errors import ConfigError, DependencyUnavailable, DfmsError, NoConfigError
+from dfms.nodes import (
+    WEIGHT_RULE,
+    InvalidNode,
+    NodeSpec,
+    check_node_id,
+    check_weight,
+    clean_endpoint,
+    clean_zone,
+)
 from dfms.runtime.logs import setup_logging
 from dfms.runtime.service import PassStats
+
+if TYPE_CHECKING:
+    from dfms.metadata.admin import NodeRow
 
 DEFAULT_DATA_DIR = ".dfms"
 ENV_DATA_DIR = "DFMS_DATA_DIR"
@@ -204,7 +216,7 @@ async def _migrate(args: argparse.Namespace) -> int:
             for m in done:
                 print(f"applied  {m.version:04d}_{m.name}")
             print(f"{len(done)} migration(s) applied")
-            await _ensure_topics(cfg)
+            await _ensure_topics(cfg, args.wait_for_topics)
         elif args.action == "down":
             done = await migrate.migrate_down(conn, steps=args.steps)
             for m in done:
@@ -220,17 +232,25 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ensure_topics(cfg: Config) -> None:
-    """The Kafka topics belong to the schema too; an unreachable broker only warns (the
-    outbox keeps events until the relay can publish, and `dfms up` creates them)."""
+async def _ensure_topics(cfg: Config, wait_s: float = 0.0) -> None:
+    """The Kafka topics belong to the schema too. By default a broker that is unreachable
+    or refuses them only warns (the outbox keeps events, and the relay creates missing
+    topics before it publishes); given ``wait_s`` (--wait-for-topics), it is retried that
+    long and then an error."""
     from dfms.events.topics import ensure_topics
 
     try:
-        created = await ensure_topics(cfg.kafka)
+        created = await ensure_topics(cfg.kafka, wait_s=wait_s)
     except DfmsError as exc:
+        if wait_s > 0:
+            raise DfmsError(f"Kafka topics not created within {wait_s:g}s: {exc}") from exc
         print(f"warning: Kafka topics not checked: {exc}", file=sys.stderr)
         return
-    print(f"Kafka topics: {', '.join(created) + ' created' if created else 'all present'}")
+    if created:
+        print(f"Kafka topics: {', '.join(created)} created (replication factor "
+              f"{cfg.kafka.topic_replication_factor})")
+    else:
+        print("Kafka topics: all present")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -311,14 +331,120 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return asyncio.run(_cluster(args))
 
 
+# --- storage nodes -------------------------------------------------------------------
+
+async def _nodes_register(args: argparse.Namespace) -> int:
+    from dfms.metadata import admin as adm
+    from dfms.metadata import db
+    from dfms.metadata.cluster_state import register_new_node
+
+    cfg = resolve_config(args)
+    node = NodeSpec(args.node_id, args.endpoint, args.zone, args.weight)
+    epoch: int | None = None
+    conn = await db.connect(cfg.postgres)
+    try:
+        known = await adm.get_node(conn, node.node_id)
+        if known is None:
+            await _check_reachable(node, cfg)
+            epoch = await register_new_node(conn, node, bucket=cfg.s3.bucket)
+            known = None if epoch is not None else await adm.get_node(conn, node.node_id)
+    finally:
+        await conn.close()
+    if known is not None:  # registered before (or just now, by a concurrent run)
+        _print_known(node, known)
+        return 0
+    print(f"node {node.node_id}: registered ({node.endpoint}, zone {node.zone}, weight "
+          f"{node.weight:g}); ring epoch {epoch}")
+    return 0
+
+
+async def _check_reachable(node: NodeSpec, cfg: Config) -> None:
+    """The node answers with the configured S3 credentials and has the chunk bucket, as
+    the admin API checks before it adds a node."""
+    from dfms.storage import NodeClient, StorageError
+
+    try:
+        async with NodeClient(node.node_id, node.endpoint, cfg.s3) as client:
+            await client.ping()
+    except StorageError as exc:
+        raise DependencyUnavailable(f"node {node.node_id}: the S3 endpoint {node.endpoint} "
+                                    f"did not answer: {exc}") from None
+
+
+def _print_known(node: NodeSpec, row: NodeRow) -> None:
+    print(f"node {row.id}: already registered ({row.endpoint}, zone {row.zone}, weight "
+          f"{row.weight:g}, {row.admin_state}); not changed: registered nodes are managed "
+          "through the admin API (/api/v1/admin/nodes)")
+    given = {"endpoint": (row.endpoint, node.endpoint), "zone": (row.zone, node.zone),
+             "weight": (row.weight, node.weight)}
+    differ = [f"{name} {mine} (given: {theirs})" for name, (mine, theirs) in given.items()
+              if mine != theirs]
+    if differ:
+        print(f"warning: node {row.id} is registered with another " + ", ".join(differ),
+              file=sys.stderr)
+
+
+def cmd_nodes_register(args: argparse.Namespace) -> int:
+    return asyncio.run(_nodes_register(args))
+
+
+async def _nodes_list(args: argparse.Namespace) -> int:
+    from dfms.metadata import admin as adm
+    from dfms.metadata import db
+    from dfms.ring import store as ring_store
+
+    cfg = resolve_config(args)
+    conn = await db.connect(cfg.postgres)
+    try:
+        nodes = await adm.list_nodes(conn)
+        ring = await ring_store.load_latest(conn)
+    finally:
+        await conn.close()
+    in_ring = {m.node_id: m.state for m in ring.members} if ring is not None else {}
+    rows = [("ID", "ENDPOINT", "ZONE", "WEIGHT", "STATE", "RING", "HEALTH")]
+    rows += [(n.id, n.endpoint, n.zone, f"{n.weight:g}", n.admin_state,
+              in_ring.get(n.id, "-"), n.health) for n in nodes]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    print(f"ring epoch {ring.epoch}" if ring is not None else "no ring yet: register a node")
+    return 0
+
+
+def cmd_nodes_list(args: argparse.Namespace) -> int:
+    return asyncio.run(_nodes_list(args))
+
+
 # --- keys and config ---------------------------------------------------------------
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from dfms.keys import generate_key
 
-    keys_dir = Path(args.dir) if args.dir else _data_dir(args) / "keys"
-    key = generate_key(keys_dir)
+    keys_dir = Path(args.dir) if args.dir else Path(resolve_config(args).auth.keys_dir)
+    try:
+        if args.if_missing:
+            return _first_keys(keys_dir)
+        key = generate_key(keys_dir)
+    except OSError as exc:
+        raise DfmsError(f"cannot write keys in {keys_dir}: {exc}") from exc
     print(f"generated ES256 key {key.kid} in {keys_dir} (now current)")
+    return 0
+
+
+def _first_keys(keys_dir: Path) -> int:
+    """The first signing key and the share-link secret, each only if there is none: what
+    a deployment runs on every start (an existing key is kept, never rotated)."""
+    from dfms.auth.share_tokens import KEY_FILE, load_or_create_secret
+    from dfms.keys import CURRENT_FILE, ensure_keys
+
+    had_key, had_secret = (keys_dir / CURRENT_FILE).exists(), (keys_dir / KEY_FILE).exists()
+    key = ensure_keys(keys_dir)
+    load_or_create_secret(keys_dir)
+    print(f"signing key {key.kid} in {keys_dir}: "
+          + ("present, kept" if had_key else "generated (now current)"))
+    print(f"share-link secret {keys_dir / KEY_FILE}: "
+          + ("present, kept" if had_secret else "created"))
     return 0
 
 
@@ -422,6 +548,57 @@ def _add_services(add: Callable[..., argparse.ArgumentParser]) -> None:
                       help="run one full scrub pass over every replica, print counts")
 
 
+def _node_rule(check: Callable[[str], object]) -> Callable[[str], object]:
+    """An argument type from a rule of ``dfms.nodes``: a broken rule is a usage error."""
+    def convert(text: str) -> object:
+        try:
+            return check(text)
+        except InvalidNode as exc:
+            raise argparse.ArgumentTypeError(exc.reason) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidNode("weight", WEIGHT_RULE) from None
+    return check_weight(value)
+
+
+def _add_nodes(add: Callable[..., argparse.ArgumentParser]) -> None:
+    nodes = _subcommands(add("nodes", "register and list storage nodes"), "action")
+    reg = nodes("register", "register a storage node and add it to the ring, if its id is "
+                "new", cmd_nodes_register)
+    reg.epilog = ("Only an id the database has never seen is registered (after a check that "
+                  "the endpoint answers with the configured S3 credentials and has the "
+                  "bucket); a known id is left as it is, even if drained or removed since, "
+                  "so running this again (e.g. on every deployment) changes nothing. "
+                  "Afterwards the admin API manages the node.")
+    reg.add_argument("node_id", metavar="ID", type=_node_rule(check_node_id),
+                     help="node id: lowercase letters, digits and '-' (never reused)")
+    reg.add_argument("--endpoint", required=True, type=_node_rule(clean_endpoint),
+                     help="the node's S3 endpoint, e.g. http://minio-1:9000")
+    reg.add_argument("--zone", required=True, type=_node_rule(clean_zone),
+                     help="failure domain (rack, room, availability zone): replicas of a "
+                     "chunk go to distinct zones where possible")
+    reg.add_argument("--weight", type=_node_rule(_weight), default=1.0,
+                     help="share of the chunks relative to the other nodes (default 1)")
+    nodes("list", "list the storage nodes: endpoint, zone, weight, state, ring state, health",
+          cmd_nodes_list)
+
+
+def _add_keys(add: Callable[..., argparse.ArgumentParser]) -> None:
+    keys = add("keys", "manage ES256 token-signing keys", cmd_keys)
+    keys.add_argument("action", choices=("generate",))
+    keys.add_argument("--dir", help="key directory (default: auth.keys_dir of the config)")
+    keys.add_argument("--if-missing", action="store_true",
+                      help="create the first signing key and the share-link secret only "
+                      "where there are none; existing ones are kept (for deployments)")
+
+
 def _add_tools(add: Callable[..., argparse.ArgumentParser]) -> None:
     clu = add("cluster", "list, stop, kill or start processes of `dfms up`", cmd_cluster)
     clu.epilog = ("ps lists every process with its state, pid, memory, uptime and address. "
@@ -434,9 +611,11 @@ def _add_tools(add: Callable[..., argparse.ArgumentParser]) -> None:
     mig.add_argument("action", choices=("up", "down", "status"))
     mig.add_argument("--to", type=int, help="up: stop at this version")
     mig.add_argument("--steps", type=int, default=1, help="down: how many to revert")
-    keys = add("keys", "manage ES256 token-signing keys", cmd_keys)
-    keys.add_argument("action", choices=("generate",))
-    keys.add_argument("--dir", help="key directory (default: <data dir>/keys)")
+    mig.add_argument("--wait-for-topics", type=float, default=0.0, metavar="SECONDS",
+                     help="up: keep trying to create missing Kafka topics this long (brokers "
+                     "still starting), then fail; default: try once, only warn")
+    _add_keys(add)
+    _add_nodes(add)
     conf = add("config", "show the effective config or a sample file", cmd_config)
     conf.add_argument("action", choices=("show", "sample", "markdown"))
     adm = add("admin", "account administration against the cluster database")

@@ -10,12 +10,13 @@ raises ``ConfigError`` naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 import yaml
 
@@ -32,10 +33,27 @@ MASK = "***"
 
 
 def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-        choices: tuple[str, ...] | None = None, secret: bool = False) -> Any:
-    """Declare a config field with its meaning and constraints."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "secret": secret}
+        choices: tuple[str, ...] | None = None, secret: bool = False,
+        check: Callable[[Any], str | None] | None = None) -> Any:
+    """Declare a config field with its meaning and constraints.
+
+    A ``tuple[str, ...]`` field is a list: a YAML list, or in an environment variable
+    items separated by commas or spaces. ``check(value)`` returns what is wrong with a
+    value, or None."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "secret": secret,
+            "check": check}
     return field(default=default, metadata=meta)
+
+
+def _cidrs(networks: tuple[str, ...]) -> str | None:
+    """None when every item is an IP network (a bare address is a network of one)."""
+    for item in networks:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return (f"{item!r} is not an IP network; expected CIDRs such as 10.0.0.0/8 "
+                    "or 2001:db8::/32, or single addresses")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +81,9 @@ class RedisConfig:
 class KafkaConfig:
     bootstrap_servers: str = opt("127.0.0.1:9092", "comma-separated Kafka bootstrap servers")
     topic_partitions: int = opt(3, "partitions of each DFMS topic when created", lo=1, hi=1024)
+    topic_replication_factor: int = opt(1, "replicas of each DFMS topic when created (at "
+                                        "most the number of brokers; 3 on a three-broker "
+                                        "cluster)", lo=1, hi=32767)
     request_timeout_s: float = opt(30.0, "timeout for one Kafka request", lo=1.0)
 
 
@@ -119,6 +140,12 @@ class GatewayConfig:
                     lo=0, hi=65535)
     public_url: str = opt("", "base URL clients reach the gateway at (share links); empty = "
                           "the origin of the request that created the link")
+    trusted_proxies: tuple[str, ...] = opt((), "networks (CIDRs) of the reverse proxies in "
+                                           "front of the gateway: from them the client "
+                                           "address is the right-most X-Forwarded-For entry "
+                                           "outside these networks; empty = ignore the "
+                                           "header, the client is the TCP peer",
+                                           check=_cidrs)
     max_upload_bytes: int = opt(50 * GIB, "largest file one upload may carry", lo=0)
     max_json_bytes: int = opt(1 * MIB, "largest JSON request body", lo=1 * KIB, hi=64 * MIB)
     max_line_bytes: int = opt(8 * KIB, "longest request line", lo=1 * KIB, hi=64 * KIB)
@@ -218,6 +245,10 @@ class HealthmonConfig:
                                     lo=1, hi=100)
     latency_limit_ms: float = opt(2000.0, "a probe slower than this counts as failed", lo=1.0)
     probe_timeout_s: float = opt(5.0, "timeout of one probe request", lo=0.1)
+    passive_suspect_after: int = opt(3, "consecutive failed requests to a node after which "
+                                     "the chunk service or replication manager marks a "
+                                     "healthy node suspect itself (only probes mark it "
+                                     "down or healthy again); 0 = never", lo=0, hi=1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +340,20 @@ def _sections() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
+def _coerce_list(key: str, raw: object) -> tuple[str, ...]:
+    """A list option: a YAML list of strings, or one string of items separated by commas
+    or whitespace (how an environment variable gives it)."""
+    if isinstance(raw, str):
+        return tuple(item for item in re.split(r"[\s,]+", raw) if item)
+    if isinstance(raw, (list, tuple)) and all(isinstance(v, str) for v in raw):
+        return tuple(v.strip() for v in raw if v.strip())
+    raise ConfigError(key, raw, "expected a list of strings (in an environment variable: "
+                      "items separated by commas)")
+
+
 def _coerce(key: str, raw: object, kind: type, name: str) -> object:
+    if get_origin(kind) is tuple:
+        return _coerce_list(key, raw)
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -342,6 +386,9 @@ def _coerce(key: str, raw: object, kind: type, name: str) -> object:
 
 def _check(key: str, value: object, meta: Mapping[str, Any]) -> None:
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    problem = meta["check"](value) if meta.get("check") else None
+    if problem:
+        raise ConfigError(key, value, problem)
     if choices is not None and value not in choices:
         raise ConfigError(key, value, f"expected one of {', '.join(choices)}")
     if isinstance(value, (int, float)):
@@ -457,6 +504,11 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\g<1>{MASK}@", url)
 
 
+def _plain(value: object) -> object:
+    """A value as YAML and JSON have it: list options as lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _mask(value: object) -> object:
     if isinstance(value, str) and "://" in value:
         return mask_url(value)
@@ -469,7 +521,7 @@ def to_dict(cfg: Config, *, mask_secrets: bool = False) -> dict[str, dict[str, o
         obj = getattr(cfg, section.name)
         values: dict[str, object] = {}
         for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
+            value = _plain(getattr(obj, f.name))
             values[f.name] = _mask(value) if mask_secrets and f.metadata.get("secret") else value
         out[section.name] = values
     return out
@@ -492,7 +544,8 @@ def sample_yaml() -> str:
         obj = getattr(defaults, section.name)
         for f in dataclasses.fields(obj):
             lines.append(f"  # {f.metadata['doc']}")
-            value = yaml.safe_dump({f.name: getattr(obj, f.name)}, default_flow_style=True)
+            value = yaml.safe_dump({f.name: _plain(getattr(obj, f.name))},
+                                   default_flow_style=True)
             lines.append(f"  {value.strip()[1:-1]}")
         lines.append("")
     return "\n".join(lines)
@@ -505,7 +558,7 @@ def markdown_table() -> str:
     for section in dataclasses.fields(defaults):
         obj = getattr(defaults, section.name)
         for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
+            value = _plain(getattr(obj, f.name))
             if f.metadata.get("secret") and not value:
                 value = "(generated by `dfms up`)"
             env = f"{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}"

@@ -28,6 +28,7 @@ from dfms.chunkservice.pipeline import (
 from dfms.chunkservice.placement import Placement
 from dfms.chunkservice.status import ERROR_TYPE_KEY, status_for
 from dfms.chunkservice.store import ChunkStore
+from dfms.chunkservice.writepath import write_path
 from dfms.config import Config, chunker_params
 from dfms.errors import DependencyUnavailable
 from dfms.metadata.db import create_pool
@@ -206,7 +207,8 @@ class ChunkService(Service):
         await self._placement.start()
         store = ChunkStore(self._pool, self._placement, replicas_n=cfg.replication.replicas_n,
                            write_quorum_w=cfg.replication.write_quorum_w,
-                           straggler_timeout_s=cfg.chunk_service.straggler_timeout_s)
+                           straggler_timeout_s=cfg.chunk_service.straggler_timeout_s,
+                           suspect_after=cfg.healthmon.passive_suspect_after)
         chunker = make_chunker_from(chunker_params(cfg.chunker))
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT_BYTES),
@@ -239,11 +241,9 @@ class ChunkService(Service):
 
         async def placement() -> None:
             assert self._placement is not None
-            ring = self._placement.ring
-            usable = [n for n in ring.active_node_ids if self._placement.is_up(n)]
-            needed = self.config.replication.write_quorum_w
-            if len(usable) < needed:
-                raise DependencyUnavailable(f"{len(usable)} usable node(s), write quorum "
-                                            f"needs {needed}")
+            path = write_path(self._placement.ring.active_node_ids, self._placement.is_up,
+                              self.config.replication.write_quorum_w)
+            if not path.writable:
+                raise DependencyUnavailable(path.detail)
 
         return {"postgres": postgres, "ring": placement}

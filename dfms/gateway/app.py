@@ -17,6 +17,7 @@ from dfms.chunkservice.client import ChunkClient
 from dfms.config import Config
 from dfms.gateway import (
     ratelimit,
+    readiness,
     routes_admin,
     routes_auth,
     routes_files,
@@ -32,8 +33,8 @@ from dfms.gateway import (
 )
 from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY, PG_KEY, REDIS_KEY, TOKENS_KEY
 from dfms.gateway.middleware import add_request_id, error_middleware, request_id_middleware
+from dfms.gateway.protocol import GatewayRunner
 from dfms.metadata.db import create_pool
-from dfms.runtime.ops import add_ops_routes
 from dfms.runtime.service import Service
 
 # Each module owns its paths; every one of them must be in api/openapi.yaml.
@@ -80,19 +81,7 @@ def build_app(config: Config) -> web.Application:
     ratelimit.setup(app)
     for module in ROUTE_MODULES:
         module.setup_routes(app)
-
-    async def check_postgres() -> None:
-        async with app[PG_KEY].acquire() as conn:
-            await conn.fetchval("SELECT 1")
-
-    async def check_redis() -> None:
-        await app[REDIS_KEY].ping()
-
-    async def check_chunk_service() -> None:
-        await app[CHUNKS_KEY].stat()
-
-    add_ops_routes(app, "gateway", {"postgres": check_postgres, "redis": check_redis,
-                                    "chunk_service": check_chunk_service})
+    readiness.setup_ops_routes(app)
     return app
 
 
@@ -102,14 +91,15 @@ class GatewayService(Service):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
-        self._runner: web.AppRunner | None = None
+        self._runner: GatewayRunner | None = None
         self.bound_port: int | None = None
 
     async def _start(self) -> None:
         gw = self.config.gateway
         # No total request timeout: multi-GiB bodies stream for minutes. Idle limits
         # (keep-alive, body reads that stall) guard the connections instead.
-        self._runner = web.AppRunner(
+        # GatewayRunner: requests over these limits get the JSON error envelope too.
+        self._runner = GatewayRunner(
             build_app(self.config), access_log=None,
             shutdown_timeout=self.config.ops.shutdown_grace_s,
             keepalive_timeout=gw.keepalive_timeout_s,

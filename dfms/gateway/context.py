@@ -1,6 +1,8 @@
-"""Typed keys of the gateway application's shared resources."""
+"""Typed keys of the gateway application's shared resources, and path helpers."""
 
 from __future__ import annotations
+
+import re
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -17,3 +19,14 @@ CHUNKS_KEY = web.AppKey("chunks", ChunkClient)
 TOKENS_KEY = web.AppKey("tokens", TokenService)
 
 API_PREFIX = "/api/v1"
+
+
+def path_param(name: str, *, besides: str) -> str:
+    """A path parameter ``{name}`` that never takes the literal segment ``besides``.
+
+    A sibling route owns that segment (``/files/upload`` is the upload, not a file
+    whose id is "upload"): without the exclusion, a method the sibling does not serve
+    (``GET /files/upload``) would reach the parameter's handler and answer 404, and
+    ``Allow`` on a 405 would list the parameter route's methods too.
+    """
+    return f"{{{name}:(?!{re.escape(besides)}$)[^{{}}/]+}}"

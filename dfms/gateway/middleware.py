@@ -68,6 +68,11 @@ async def error_middleware(request: web.Request,
         return await handler(request)
     except ApiError as exc:
         return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(request, 405, "method_not_allowed",
+                              f"{exc.method} is not allowed here; allowed: {allowed}",
+                              {"Allow": exc.headers["Allow"]})
     except web.HTTPException as exc:
         if exc.status < 400 or exc.status_code in (304,):
             raise

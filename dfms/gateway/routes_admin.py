@@ -10,22 +10,28 @@ answered with 409 ``ring_conflict``.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
 
 from dfms.auth import refresh
 from dfms.auth.accounts import ROLES
-from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
+from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import ApiError, bad_request, conflict, forbidden, not_found
-from dfms.gateway.http import field, int_param, parse_uuid, read_json
+from dfms.gateway.http import field, int_param, only_fields, parse_uuid, read_json
+from dfms.gateway.readiness import write_path_json
 from dfms.gateway.security import require_admin
 from dfms.metadata import admin as adm
+from dfms.nodes import (
+    InvalidNode,
+    NodeSpec,
+    check_node_id,
+    check_weight,
+    clean_endpoint,
+    clean_zone,
+)
 from dfms.ring import DRAINING, InvalidRing, RingBuilder, RingConflict, RingData
 from dfms.ring import store as ring_store
 from dfms.runtime.logs import get_logger
@@ -35,9 +41,6 @@ log = get_logger("gateway.admin")
 
 T = TypeVar("T")
 
-NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-MAX_ZONE_CHARS = 64
-MAX_ENDPOINT_CHARS = 2048
 MAX_QUOTA_BYTES = 2**63 - 1  # PostgreSQL bigint
 USER_FIELDS = frozenset({"role", "quota_bytes", "is_active", "keep_versions",
                          "keep_versions_days"})
@@ -92,11 +95,7 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 def _user_changes(doc: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(doc) - USER_FIELDS)
-    if unknown:
-        raise bad_request("validation_error",
-                          f"unknown field(s): {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(USER_FIELDS))}")
+    only_fields(doc, USER_FIELDS)
     changes: dict[str, Any] = {}
     if "role" in doc:
         role = field(doc, "role", str)
@@ -173,6 +172,8 @@ async def cluster_view(request: web.Request) -> web.Response:
         numbers = await adm.cluster_numbers(conn, cfg.replication.replicas_n)
         ring = await ring_store.load_latest(conn)
         scrub = await conn.fetchrow(_SCRUB_STATE)
+    # What /ready reports too: whether uploads can succeed, as the chunk service sees it.
+    write_path = await write_path_json(request.app[CHUNKS_KEY])
     ratio = numbers.dedup_ratio
     return web.json_response({
         "nodes": [node_json(n, ring) for n in numbers.nodes],
@@ -189,6 +190,7 @@ async def cluster_view(request: web.Request) -> web.Response:
         "write_quorum_w": cfg.replication.write_quorum_w,
         "chunker": cfg.chunker.algorithm,
         "scrub": scrub_json(scrub),
+        "write_path": write_path,
     })
 
 
@@ -227,52 +229,17 @@ async def get_node(request: web.Request) -> web.Response:
     return web.json_response(node_json(node, ring))
 
 
-def _clean_endpoint(raw: str) -> str:
-    if len(raw) > MAX_ENDPOINT_CHARS:
-        raise bad_request("validation_error", "'endpoint' is too long")
-    bad = bad_request("validation_error",
-                      "'endpoint' must be an http(s) URL of a host and optional port, "
-                      "with no path, query, credentials or fragment "
-                      "(e.g. http://10.0.0.7:8333)")
+def _new_node(doc: dict[str, Any]) -> NodeSpec:
+    """The node of a request body, by the rules of ``dfms.nodes`` (shared with the CLI)."""
+    only_fields(doc, NODE_FIELDS)
     try:
-        parts = urlsplit(raw.strip())
-        port = parts.port
-    except ValueError:
-        raise bad from None
-    if (parts.scheme not in ("http", "https") or not parts.hostname
-            or parts.username is not None or parts.password is not None
-            or parts.path not in ("", "/") or parts.query or parts.fragment):
-        raise bad
-    host = parts.hostname
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
-def _new_node(doc: dict[str, Any]) -> tuple[str, str, str, float]:
-    unknown = sorted(set(doc) - NODE_FIELDS)
-    if unknown:
-        raise bad_request("validation_error",
-                          f"unknown field(s): {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(NODE_FIELDS))}")
-    node_id = field(doc, "id", str)
-    if not NODE_ID_RE.match(node_id):
-        raise bad_request("validation_error",
-                          "'id' must be 1-63 lowercase letters, digits or '-', "
-                          "starting with a letter or digit")
-    endpoint = _clean_endpoint(field(doc, "endpoint", str))
-    zone = field(doc, "zone", str).strip()
-    if not zone or len(zone) > MAX_ZONE_CHARS or not zone.isprintable():
-        raise bad_request("validation_error",
-                          f"'zone' must be 1-{MAX_ZONE_CHARS} printable characters")
-    weight = field(doc, "weight", (int, float), required=False)
-    try:
-        weight = 1.0 if weight is None else float(weight)
-    except OverflowError:  # an integer too large for a float
-        weight = math.inf
-    if not math.isfinite(weight) or weight <= 0:
-        raise bad_request("validation_error", "'weight' must be a finite number > 0")
-    return node_id, endpoint, zone, weight
+        node_id = check_node_id(field(doc, "id", str))
+        endpoint = clean_endpoint(field(doc, "endpoint", str))
+        zone = clean_zone(field(doc, "zone", str))
+        weight = field(doc, "weight", (int, float), required=False)
+        return NodeSpec(node_id, endpoint, zone, check_weight(1.0 if weight is None else weight))
+    except InvalidNode as exc:
+        raise bad_request("validation_error", str(exc)) from None
 
 
 async def _ring_change(pool: asyncpg.Pool,
@@ -306,7 +273,8 @@ def _last_active(ring: RingData, node_id: str) -> bool:
 
 async def add_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
-    node_id, endpoint, zone, weight = _new_node(await read_json(request))
+    node = _new_node(await read_json(request))
+    node_id, endpoint, zone, weight = node.node_id, node.endpoint, node.zone, node.weight
     pool = request.app[PG_KEY]
     s3 = request.app[CONFIG_KEY].s3
     if await adm.get_node(pool, node_id) is not None:

@@ -18,7 +18,7 @@ from dfms.auth.metrics import record
 from dfms.auth.passwords import Argon2Params, dummy_hash_async
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, TOKENS_KEY
 from dfms.gateway.errors import ApiError, bad_request, conflict, not_found, unauthorized
-from dfms.gateway.http import field, read_json
+from dfms.gateway.http import field, only_fields, read_json
 from dfms.gateway.security import authenticate
 
 # Token responses must never be cached by browsers or proxies (RFC 6749 §5.1).
@@ -65,6 +65,7 @@ def _session(request: web.Request, user: accounts.User, refresh_token: str,
 async def register(request: web.Request) -> web.Response:
     """POST {email, password, display_name} → 201 {user, tokens}."""
     doc = await read_json(request)
+    only_fields(doc, ("email", "password", "display_name"))
     email, password = field(doc, "email", str), field(doc, "password", str)
     display_name = field(doc, "display_name", str)
     cfg = request.app[CONFIG_KEY].auth
@@ -81,6 +82,7 @@ async def register(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     """POST {email, password} → 200 {user, tokens}; 401 invalid_credentials."""
     doc = await read_json(request)
+    only_fields(doc, ("email", "password"))
     email, password = field(doc, "email", str), field(doc, "password", str)
     cfg = request.app[CONFIG_KEY].auth
     pool = request.app[PG_KEY]
@@ -97,6 +99,7 @@ async def refresh_tokens(request: web.Request) -> web.Response:
     ``refresh_token_reused`` (already rotated: its whole family is now revoked).
     """
     doc = await read_json(request)
+    only_fields(doc, ("refresh_token",))
     token = field(doc, "refresh_token", str)
     ttl_s = request.app[CONFIG_KEY].auth.refresh_token_ttl_s
     with _outcome("refresh"):
@@ -116,6 +119,7 @@ async def logout(request: web.Request) -> web.Response:
     """
     user = await authenticate(request)
     doc = await read_json(request) if request.body_exists else {}
+    only_fields(doc, ("refresh_token",))
     token = field(doc, "refresh_token", str, required=False)
     pool = request.app[PG_KEY]
     if token:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -28,14 +28,21 @@ from dfms.chunkservice.pipeline import UploadSummary
 from dfms.errors import DependencyUnavailable
 from dfms.events.outbox import emit
 from dfms.gateway import ranges
-from dfms.gateway.commit import Content, commit_content, etag_of, precheck, quota_error
-from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
+from dfms.gateway.commit import (
+    Committed,
+    Content,
+    commit_content,
+    etag_of,
+    precheck,
+    quota_error,
+)
+from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY, path_param
 from dfms.gateway.errors import ApiError, bad_request, not_found
-from dfms.gateway.http import parse_uuid, read_json
+from dfms.gateway.http import bool_param, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
 from dfms.gateway.middleware import request_id
 from dfms.gateway.mime import SNIFF_BYTES, detect
-from dfms.gateway.names import clean_name
+from dfms.gateway.names import clean_name, decode_header_name
 from dfms.gateway.routes_folders import name_clash, resolve_parent
 from dfms.gateway.security import authenticate
 from dfms.gateway.views import file_json
@@ -54,16 +61,18 @@ class BodyFailed(Exception):
 
 @dataclass
 class IncomingFile:
-    name: str
+    name: str  # decoded and validated (names.decode_header_name)
     folder_raw: str | None
     frames: AsyncIterator[bytes]
     expected_sha256: bytes
 
 
 def _expected_sha(request: web.Request) -> bytes:
-    raw = request.headers.get("X-Content-SHA256", "").strip().lower()
-    if not raw:
+    if "X-Content-SHA256" not in request.headers:
         return b""
+    # Present but empty is refused, not taken as "unchecked": it is what a client sends
+    # when the command computing the digest failed (`$(sha256sum missing.pdf | ...)`).
+    raw = request.headers["X-Content-SHA256"].strip().lower()
     try:
         digest = bytes.fromhex(raw)
     except ValueError:
@@ -112,7 +121,7 @@ async def _read_form(request: web.Request, idle_s: float) -> IncomingFile:
         elif part.name == "file":
             # Like X-File-Name, percent-decoded: some clients (aiohttp) encode non-ASCII
             # filenames that way, browsers send raw UTF-8; both come out the same.
-            name = _decode_name(part.filename or "")
+            name = decode_header_name(part.filename or "")
             frames = _idle_guarded(lambda p=part: p.read_chunk(READ_SIZE), idle_s)
             return IncomingFile(name, folder_raw, frames, _expected_sha(request))
 
@@ -122,17 +131,10 @@ def _from_raw(request: web.Request, idle_s: float) -> IncomingFile:
     if not raw_name:
         raise bad_request("missing_file_name", "send the file name in the X-File-Name header "
                           "(percent-encoded UTF-8)")
-    name = _decode_name(raw_name)
+    name = decode_header_name(raw_name)
     frames = _idle_guarded(request.content.readany, idle_s)
     return IncomingFile(name, request.headers.get("X-Folder-Id"), frames,
                         _expected_sha(request))
-
-
-def _decode_name(raw: str) -> str:
-    try:
-        return unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise bad_request("invalid_name", "the file name is not percent-encoded UTF-8") from None
 
 
 class _Sniffer:
@@ -177,10 +179,11 @@ async def upload(request: web.Request) -> web.Response:
     limit = cfg.gateway.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"uploads are limited to {limit} bytes")
+    force_version = bool_param(request, "force_version")
     form = request.content_type.startswith("multipart/form-data")
     idle_s = cfg.gateway.body_idle_timeout_s
     incoming = await _from_form(request, idle_s) if form else _from_raw(request, idle_s)
-    name = clean_name(incoming.name, "file name")
+    name = incoming.name
     if_match = request.headers.get("If-Match")
     pool = request.app[PG_KEY]
     folder = await resolve_parent(pool, user, incoming.folder_raw)
@@ -194,14 +197,21 @@ async def upload(request: web.Request) -> web.Response:
                       [(c.sha256, c.offset, c.size) for c in stored.chunks])
     async with pool.acquire() as conn, conn.transaction():
         # A failure here leaves the stored chunks unreferenced: GC reclaims them.
-        row = await commit_content(conn, cfg.lifecycle, user.id, folder, name, content,
-                                   if_match=if_match)
+        done = await commit_content(conn, cfg.lifecycle, user.id, folder, name, content,
+                                    if_match=if_match, force_version=force_version)
+    row = done.row
     body = {**file_json(row), "file": str(row.id), "new_chunks": stored.new_chunks,
             "dedup_chunks": stored.dedup_chunks, "new_bytes": stored.new_bytes,
-            "dedup_bytes": stored.dedup_bytes}
-    return web.json_response(body, status=201,
-                             headers={"Location": f"{API_PREFIX}/files/{row.id}",
-                                      "ETag": etag_of(row.sha256)})
+            "dedup_bytes": stored.dedup_bytes, "unchanged": done.unchanged}
+    return committed_response(body, done)
+
+
+def committed_response(body: dict[str, Any], done: Committed) -> web.Response:
+    """201 with Location for a new file or version; 200 naming the file when unchanged."""
+    url = f"{API_PREFIX}/files/{done.row.id}"
+    headers = {"ETag": etag_of(done.row.sha256)}
+    headers["Content-Location" if done.unchanged else "Location"] = url
+    return web.json_response(body, status=200 if done.unchanged else 201, headers=headers)
 
 
 async def store_stream(request: web.Request, owner: uuid.UUID, frames: AsyncIterator[bytes],
@@ -261,6 +271,7 @@ async def update_file(request: web.Request) -> web.Response:
     user = await authenticate(request)
     file_id = parse_uuid(request.match_info["file_id"], "file")
     doc = await read_json(request)
+    only_fields(doc, ("name", "folder_id"))
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         current = await ns.get_file(conn, user.id, file_id)
         if current is None:
@@ -398,7 +409,8 @@ async def _write(resp: web.StreamResponse, data: bytes, idle_s: float) -> None:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post(f"{API_PREFIX}/files/upload", upload)
     app.router.add_get(f"{API_PREFIX}/files", list_files)
-    app.router.add_get(f"{API_PREFIX}/files/{{file_id}}", get_file)
-    app.router.add_patch(f"{API_PREFIX}/files/{{file_id}}", update_file)
-    app.router.add_delete(f"{API_PREFIX}/files/{{file_id}}", delete_file)
+    item = f"{API_PREFIX}/files/{path_param('file_id', besides='upload')}"
+    app.router.add_get(item, get_file)
+    app.router.add_patch(item, update_file)
+    app.router.add_delete(item, delete_file)
     app.router.add_get(f"{API_PREFIX}/files/{{file_id}}/download", download)

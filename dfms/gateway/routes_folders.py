@@ -10,7 +10,7 @@ from aiohttp import web
 
 from dfms.gateway.context import API_PREFIX, PG_KEY
 from dfms.gateway.errors import ApiError, bad_request, conflict, not_found
-from dfms.gateway.http import field, parse_uuid, read_json
+from dfms.gateway.http import bool_param, field, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
 from dfms.gateway.names import clean_name
 from dfms.gateway.security import AuthUser, authenticate
@@ -18,6 +18,7 @@ from dfms.gateway.views import folder_json
 from dfms.metadata import namespace as ns
 
 ROOT_ALIAS = "root"
+FOLDER_FIELDS = ("name", "parent_id")  # of a create or an update
 
 
 async def resolve_parent(conn: asyncpg.Connection | asyncpg.Pool, user: AuthUser,
@@ -40,7 +41,8 @@ def name_clash(name: str) -> ApiError:
 async def create_folder(request: web.Request) -> web.Response:
     user = await authenticate(request)
     doc = await read_json(request)
-    name = clean_name(field(doc, "name", str))
+    only_fields(doc, FOLDER_FIELDS)
+    name = clean_name(field(doc, "name", str), "folder name")
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         parent = await resolve_parent(conn, user, doc.get("parent_id"))
         await ns.lock_names(conn, user.id, parent)
@@ -75,11 +77,12 @@ async def update_folder(request: web.Request) -> web.Response:
     user = await authenticate(request)
     folder_id = parse_uuid(request.match_info["folder_id"], "folder")
     doc = await read_json(request)
+    only_fields(doc, FOLDER_FIELDS)
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         current = await ns.get_folder(conn, user.id, folder_id)
         if current is None:
             raise not_found("folder")
-        name = clean_name(doc["name"]) if "name" in doc else current.name
+        name = clean_name(doc["name"], "folder name") if "name" in doc else current.name
         parent = (await resolve_parent(conn, user, doc["parent_id"]) if "parent_id" in doc
                   else current.parent_id)
         if parent is not None and await ns.is_descendant(conn, folder_id, parent):
@@ -94,7 +97,7 @@ async def update_folder(request: web.Request) -> web.Response:
 async def delete_folder(request: web.Request) -> web.Response:
     user = await authenticate(request)
     folder_id = parse_uuid(request.match_info["folder_id"], "folder")
-    recursive = request.query.get("recursive", "false").lower() in ("1", "true", "yes")
+    recursive = bool_param(request, "recursive")
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         if await ns.get_folder(conn, user.id, folder_id) is None:
             raise not_found("folder")

@@ -14,27 +14,17 @@ import time
 from aiohttp import web
 
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
-from dfms.gateway.errors import bad_request, conflict
+from dfms.gateway.errors import conflict
+from dfms.gateway.http import bool_param
 from dfms.gateway.security import require_admin
 from dfms.gc.worker import SKIPPED, GcWorker
 from dfms.runtime.logs import get_logger
 
 log = get_logger("gateway.gc")
 
-_TRUE = ("1", "true", "yes")
-_FALSE = ("", "0", "false", "no")
-
-
-def _dry_run(request: web.Request) -> bool:
-    raw = request.query.get("dry_run", "").lower()
-    if raw not in _TRUE + _FALSE:
-        raise bad_request("validation_error", "'dry_run' must be true or false")
-    return raw in _TRUE
-
-
 async def run_gc(request: web.Request) -> web.Response:
     admin = await require_admin(request)
-    dry_run = _dry_run(request)
+    dry_run = bool_param(request, "dry_run")
     worker = GcWorker(request.app[CONFIG_KEY], pool=request.app[PG_KEY], dry_run=dry_run)
     start = time.perf_counter()
     stats = await worker.run_once()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -28,12 +29,17 @@ from dfms.gateway.commit import (
     precheck,
     quota_error,
 )
-from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
+from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY, path_param
 from dfms.gateway.errors import ApiError, bad_request, conflict, not_found
-from dfms.gateway.http import field, parse_uuid, read_json
+from dfms.gateway.http import bool_param, field, only_fields, parse_uuid, read_json
 from dfms.gateway.mime import detect
 from dfms.gateway.names import clean_name
-from dfms.gateway.routes_files import _expected_sha, _idle_guarded, store_stream
+from dfms.gateway.routes_files import (
+    _expected_sha,
+    _idle_guarded,
+    committed_response,
+    store_stream,
+)
 from dfms.gateway.routes_folders import resolve_parent
 from dfms.gateway.security import authenticate
 from dfms.gateway.views import file_json
@@ -68,6 +74,7 @@ async def init(request: web.Request) -> web.Response:
     user = await authenticate(request)
     cfg = request.app[CONFIG_KEY].lifecycle
     doc = await read_json(request)
+    only_fields(doc, ("file_name", "file_size", "folder_id"))
     name = clean_name(field(doc, "file_name", str), "file_name")
     size = field(doc, "file_size", int, required=False)
     if size is not None and not 0 <= size <= cfg.multipart_max_parts * \
@@ -150,43 +157,77 @@ def _check_parts(parts: list[mp.Part], listed: list[dict[str, Any]] | None,
         raise bad_request("no_parts", "no part has been uploaded")
     numbers = [p.part_number for p in parts]
     missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+    if listed is not None:
+        missing = sorted(set(missing) | (_listed_numbers(listed) - set(numbers)))
     if missing:
-        raise bad_request("missing_parts", f"parts {_ranges(missing)} are missing")
+        raise bad_request("missing_parts", f"{_parts(missing, 'is', 'are')} missing")
     if listed is not None:
         _check_listed(parts, listed)
+    _check_size(parts, upload)
     small = [p.part_number for p in parts[:-1] if p.size < cfg.multipart_part_min_bytes]
     if small:
-        raise bad_request("part_too_small", f"parts {_ranges(small)} are smaller than "
-                          f"{cfg.multipart_part_min_bytes} bytes (only the last may be)")
-    total = sum(p.size for p in parts)
-    if upload.file_size is not None and total != upload.file_size:
-        raise bad_request("size_mismatch", f"the parts hold {total} bytes, the upload "
-                          f"announced {upload.file_size}")
+        raise bad_request("part_too_small", f"{_parts(small, 'is', 'are')} smaller than "
+                          f"the minimum of {cfg.multipart_part_min_bytes} bytes (only the "
+                          "last part may be)")
+
+
+def _check_size(parts: list[mp.Part], upload: mp.Upload) -> None:
+    """Against the announced size: too few bytes means parts after the last are missing."""
+    total, announced = sum(p.size for p in parts), upload.file_size
+    if announced is None or total == announced:
+        return
+    received = (f"the part received holds {total} bytes" if len(parts) == 1
+                else f"the {len(parts)} parts received hold {total} bytes")
+    if total > announced:
+        raise bad_request("size_mismatch", f"{received}, more than the {announced} "
+                          "announced")
+    held = f"{received} of the {announced} announced"
+    size, last = parts[0].size, parts[-1].part_number
+    if size and all(p.size == size for p in parts):
+        # Evenly split (the usual way): which parts are missing follows from the sizes.
+        # A range, not a list: absurd sizes (10-byte parts of a 1 TB file) stay cheap.
+        missing = range(last + 1, -(-announced // size) + 1)
+        raise bad_request("missing_parts", f"{_parts(missing, 'is', 'are')} missing ({held})")
+    raise bad_request("missing_parts", f"the parts after part {last} are missing, or the "
+                      f"announced size is wrong ({held})")
+
+
+def _listed_numbers(listed: list[dict[str, Any]]) -> set[int]:
+    numbers: set[int] = set()
+    for item in listed:
+        number = item.get("part_number") if isinstance(item, dict) else None
+        if isinstance(item, dict):
+            only_fields(item, ("part_number", "sha256"), " in a listed part")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise bad_request("validation_error", "each listed part needs a part_number")
+        numbers.add(number)
+    return numbers
 
 
 def _check_listed(parts: list[mp.Part], listed: list[dict[str, Any]]) -> None:
+    """Every listed part was received (checked before) and matches its SHA-256."""
     by_number = {p.part_number: p for p in parts}
-    wrong: list[int] = []
-    for item in listed:
-        number = item.get("part_number") if isinstance(item, dict) else None
-        if not isinstance(number, int) or isinstance(number, bool):
-            raise bad_request("validation_error", "each listed part needs a part_number")
-        part = by_number.get(number)
-        sha = item.get("sha256")
-        if part is None or (sha is not None and str(sha).lower() != part.sha256.hex()):
-            wrong.append(number)
+    wrong = sorted({item["part_number"] for item in listed
+                    if item.get("sha256") is not None
+                    and str(item["sha256"]).lower() != by_number[item["part_number"]]
+                    .sha256.hex()})
     if wrong:
-        raise bad_request("part_mismatch", f"parts {_ranges(sorted(wrong))} were not received "
-                          "or do not match the SHA-256 given")
-    unlisted = sorted(set(by_number) - {i["part_number"] for i in listed})
+        raise bad_request("part_mismatch", f"{_parts(wrong, 'does', 'do')} not match the "
+                          "SHA-256 given")
+    unlisted = sorted(set(by_number) - _listed_numbers(listed))
     if unlisted:
-        raise bad_request("part_mismatch", f"parts {_ranges(unlisted)} were received but "
+        raise bad_request("part_mismatch", f"{_parts(unlisted, 'was', 'were')} received but "
                           "not listed")
 
 
-def _ranges(numbers: list[int]) -> str:
-    shown = ", ".join(str(n) for n in numbers[:20])
-    return shown + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+def _parts(numbers: Sequence[int], singular: str, plural: str) -> str:
+    """'part 2 is', 'parts 2 and 3 are', 'parts 1, 2, ... 20 and 7 more are'."""
+    if len(numbers) == 1:
+        return f"part {numbers[0]} {singular}"
+    shown = [str(n) for n in numbers[:20]]
+    if len(numbers) > 20:
+        shown.append(f"{len(numbers) - 20} more")
+    return f"parts {', '.join(shown[:-1])} and {shown[-1]} {plural}"
 
 
 async def _content_sha256(request: web.Request, entries: list[tuple[bytes, int, int]]
@@ -210,9 +251,11 @@ async def complete(request: web.Request) -> web.Response:
     user = await authenticate(request)
     cfg = request.app[CONFIG_KEY].lifecycle
     pool = request.app[PG_KEY]
+    force_version = bool_param(request, "force_version")
     listed = None
     if request.can_read_body:
         doc = await read_json(request)
+        only_fields(doc, ("parts",))
         listed = field(doc, "parts", list, required=False)
     upload = await _open_upload(pool, request, user.id)
     parts = await mp.parts(pool, upload.id)
@@ -232,9 +275,9 @@ async def complete(request: web.Request) -> web.Response:
             raise conflict("folder_gone", "the target folder was deleted")
         # Closing first takes the parts out of the quota count: they become the file.
         await mp.close(conn, upload.id, "completed")
-        row = await commit_content(conn, cfg, user.id, folder, upload.file_name, content)
-    return web.json_response(file_json(row), status=201,
-                             headers={"Location": f"{API_PREFIX}/files/{row.id}"})
+        done = await commit_content(conn, cfg, user.id, folder, upload.file_name, content,
+                                    force_version=force_version)
+    return committed_response({**file_json(done.row), "unchanged": done.unchanged}, done)
 
 
 async def abort(request: web.Request) -> web.Response:
@@ -253,6 +296,7 @@ async def abort(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post(f"{BASE}/init", init)
     app.router.add_put(f"{BASE}/{{upload_id}}/part/{{part_number}}", put_part)
-    app.router.add_get(f"{BASE}/{{upload_id}}", show)
+    upload = f"{BASE}/{path_param('upload_id', besides='init')}"
+    app.router.add_get(upload, show)
+    app.router.add_delete(upload, abort)
     app.router.add_post(f"{BASE}/{{upload_id}}/complete", complete)
-    app.router.add_delete(f"{BASE}/{{upload_id}}", abort)

@@ -72,9 +72,10 @@ from dfms.auth.passwords import (
     verify_password_async,
 )
 from dfms.auth.share_tokens import ShareTokens, load_or_create_secret, token_hash
+from dfms.gateway.client_address import request_client_address
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, REDIS_KEY
 from dfms.gateway.errors import ApiError, bad_request, not_found
-from dfms.gateway.http import int_param, parse_uuid, read_json
+from dfms.gateway.http import int_param, only_fields, parse_uuid, read_json
 from dfms.gateway.ratelimit import SlidingWindowLimiter
 from dfms.gateway.routes_files import serve_content
 from dfms.gateway.security import authenticate
@@ -153,6 +154,7 @@ class ShareRequest:
 
 def parse_share_request(doc: dict[str, Any], max_expiry_s: int,
                         default_expiry_s: int) -> ShareRequest:
+    only_fields(doc, ("expires_in_s", "max_downloads", "password"))
     expires = _int_field(doc, "expires_in_s", min(default_expiry_s, max_expiry_s), 60,
                          max_expiry_s)
     assert expires is not None
@@ -290,7 +292,7 @@ async def _check_password(request: web.Request, row: shares.ShareRow) -> None:
                     "header (or the 'password' query parameter)", PASSWORD_CHALLENGE)
     cfg = request.app[CONFIG_KEY]
     redis = request.app[REDIS_KEY]
-    key = f"rl:sharepw:{row.id}:{request.remote or 'unknown'}"
+    key = f"rl:sharepw:{row.id}:{request_client_address(request)}"
     lock_key = f"{key}:locked"
     # Locked out: refuse before verifying, or guessing would go on at full speed.
     ttl_ms = await _guarded(request, "lock", redis.pttl(lock_key))

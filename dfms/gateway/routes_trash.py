@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import conflict, not_found
-from dfms.gateway.http import int_param, parse_uuid
+from dfms.gateway.http import bool_param, parse_uuid
+from dfms.gateway.listing import paging
 from dfms.gateway.security import authenticate
+from dfms.gateway.views import file_json, folder_json
+from dfms.metadata import namespace as ns
 from dfms.metadata import trash
 
 
@@ -25,31 +30,44 @@ def _item_json(item: trash.TrashItem, retention_days: int) -> dict[str, Any]:
 async def list_trash(request: web.Request) -> web.Response:
     user = await authenticate(request)
     cfg = request.app[CONFIG_KEY]
-    per_page = int_param(request, "per_page", cfg.gateway.page_size_default, 1,
-                         cfg.gateway.page_size_max)
-    page = int_param(request, "page", 1, 1, 10_000_000)
-    items, total = await trash.list_trash(request.app[PG_KEY], user.id, per_page,
-                                          (page - 1) * per_page)
+    p = paging(request, "deleted_at", "desc")
+    items, total = await trash.list_trash(request.app[PG_KEY], user.id, p.per_page, p.offset,
+                                          after=p.after)
     days = cfg.lifecycle.trash_retention_days
-    return web.json_response({"items": [_item_json(i, days) for i in items], "total": total,
-                              "page": page, "per_page": per_page})
+    last = (items[-1].deleted_at, items[-1].id) if items else None
+    return web.json_response(p.body([_item_json(i, days) for i in items], total, last))
+
+
+async def _restored_json(conn: asyncpg.Connection, owner: uuid.UUID,
+                         item: trash.TrashItem) -> dict[str, Any]:
+    """The item as GET answers it (a file, or a folder as folder listings show it)."""
+    if item.kind == "file":
+        row = await ns.get_file(conn, owner, item.id)
+        assert row is not None, "restored in this transaction"
+        return file_json(row)
+    folder = await ns.get_folder(conn, owner, item.id)
+    assert folder is not None, "restored in this transaction"
+    body = folder_json(folder)
+    # Deprecated: restore used to name a folder's parent `folder_id`; kept for clients
+    # that read it (api/openapi.yaml, RestoredFolder).
+    return {**body, "folder_id": body["parent_id"]}
 
 
 async def restore(request: web.Request) -> web.Response:
     user = await authenticate(request)
     item_id = parse_uuid(request.match_info["item_id"], "trash item")
-    rename = request.query.get("rename", "false").lower() in ("1", "true", "yes")
+    rename = bool_param(request, "rename")
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         item = await trash.get_item(conn, user.id, item_id)
         if item is None:
             raise not_found("trash item")
         try:
-            folder, name = await trash.restore(conn, user.id, item, rename=rename)
+            await trash.restore(conn, user.id, item, rename=rename)
         except trash.NameClash as exc:
             raise conflict("name_taken", f"{exc.name!r} already exists where the item goes "
                            "back; pass ?rename=true to restore it under another name") from None
-    return web.json_response({"id": str(item.id), "type": item.kind, "name": name,
-                              "folder_id": None if folder is None else str(folder)})
+        body = await _restored_json(conn, user.id, item)
+    return web.json_response(body)
 
 
 async def purge(request: web.Request) -> web.Response:

@@ -44,8 +44,11 @@ def _version_json(v: lc.VersionRow, current: int) -> dict[str, object]:
 async def list_versions(request: web.Request) -> web.Response:
     row, _ = await _file(request)
     versions = await lc.list_versions(request.app[PG_KEY], row.id)
+    items = [_version_json(v, row.version) for v in versions]
+    # `items` like every other list; `versions` (the same list) is deprecated, kept for
+    # the clients that read it.
     return web.json_response({"file_id": str(row.id), "current_version": row.version,
-                              "versions": [_version_json(v, row.version) for v in versions]})
+                              "items": items, "versions": items})
 
 
 async def _find(request: web.Request, row: ns.FileRow) -> lc.VersionRow:

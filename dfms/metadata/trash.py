@@ -56,9 +56,16 @@ def _item(row: asyncpg.Record) -> TrashItem:
 
 
 async def list_trash(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, limit: int,
-                     offset: int) -> tuple[list[TrashItem], int]:
-    rows = await conn.fetch(f"{_LIST} ORDER BY deleted_at DESC, id LIMIT $2 OFFSET $3",
-                            owner, limit, offset)
+                     offset: int, *, after: tuple[datetime, uuid.UUID] | None = None
+                     ) -> tuple[list[TrashItem], int]:
+    """One page, most recently deleted first: by offset, or after the (deleted_at, id)
+    of the previous page's last item (a keyset cursor: stable while items come and go)."""
+    order = "ORDER BY deleted_at DESC, id DESC"
+    if after is None:
+        rows = await conn.fetch(f"{_LIST} {order} LIMIT $2 OFFSET $3", owner, limit, offset)
+    else:
+        rows = await conn.fetch(f"{_LIST} WHERE (deleted_at, id) < ($3, $4) {order} LIMIT $2",
+                                owner, limit, *after)
     total = await conn.fetchval(f"SELECT count(*) FROM ({_LIST}) c", owner)
     return [_item(r) for r in rows], int(total)
 

@@ -25,6 +25,8 @@ COMMANDS = [
     ["gc-worker", "--once"], ["replication-manager", "--scrub"], ["cluster", "ps"],
     ["cluster", "kill", "node-2"], ["migrate", "status"], ["keys", "generate"],
     ["config", "show"], ["admin", "create-user", "--email", "a@example.com"],
+    ["nodes", "register", "node-9", "--endpoint", "http://h:9000", "--zone", "z"],
+    ["nodes", "list"], ["keys", "generate", "--if-missing"],
 ]
 
 
@@ -100,7 +102,8 @@ def test_up_as_root_fails_before_starting_anything_under_a_private_parent(
 
 
 @pytest.mark.parametrize("cmd", [["migrate", "status"], ["config", "show"],
-                                 ["admin", "create-user", "--email", "a@example.com"]])
+                                 ["admin", "create-user", "--email", "a@example.com"],
+                                 ["nodes", "list"], ["keys", "generate", "--if-missing"]])
 def test_without_any_cluster_config_the_cli_says_where_it_looked(cmd: list[str],
                                                                   open_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFMS_")}

@@ -61,6 +61,10 @@ def test_config_is_frozen() -> None:
     ({"DFMS_GATWAY__PORT": "1"}, "gatway", "unknown section"),
     ({"DFMS_GATEWAY__PORT": "4MiB"}, "gateway.port", "expected an integer"),
     ({"DFMS_CHUNKER__AVG_SIZE_BYTES": "1000000"}, "chunker.avg_size_bytes", "power of two"),
+    ({"DFMS_GATEWAY__TRUSTED_PROXIES": "10.0.0.0/8,10.0.0.300"}, "gateway.trusted_proxies",
+     "'10.0.0.300' is not an IP network"),
+    ({"DFMS_GATEWAY__TRUSTED_PROXIES": "traefik"}, "gateway.trusted_proxies", "CIDRs"),
+    ({"DFMS_KAFKA__TOPIC_REPLICATION_FACTOR": "0"}, "kafka.topic_replication_factor", ">= 1"),
 ])
 def test_invalid_values_name_key_value_and_what_is_allowed(
         env: dict[str, str], key: str, fragment: str) -> None:
@@ -89,8 +93,29 @@ def test_secrets_are_masked_when_shown() -> None:
     assert to_dict(cfg)["s3"]["secret_key"] == "s3cret"
 
 
+def test_list_options_from_yaml_or_a_separated_string(tmp_path: Path) -> None:
+    assert Config().gateway.trusted_proxies == ()
+    env = {"DFMS_GATEWAY__TRUSTED_PROXIES": " 10.0.0.0/8, 172.16.0.1 ::1/128,"}
+    assert load_config(env=env).gateway.trusted_proxies == ("10.0.0.0/8", "172.16.0.1",
+                                                             "::1/128")
+    assert load_config(env={"DFMS_GATEWAY__TRUSTED_PROXIES": ""}).gateway.trusted_proxies == ()
+    path = tmp_path / "c.yaml"
+    path.write_text("gateway:\n  trusted_proxies: [10.1.0.0/16, 'fd00::/8']\n")
+    assert load_config(path, env={}).gateway.trusted_proxies == ("10.1.0.0/16", "fd00::/8")
+    path.write_text("gateway:\n  trusted_proxies: {a: 1}\n")
+    with pytest.raises(ConfigError, match="expected a list of strings"):
+        load_config(path, env={})
+    path.write_text("gateway:\n  trusted_proxies: [10, 11]\n")  # YAML numbers, not CIDRs
+    with pytest.raises(ConfigError, match="expected a list of strings"):
+        load_config(path, env={})
+    assert to_dict(load_config(env=env))["gateway"]["trusted_proxies"] == [
+        "10.0.0.0/8", "172.16.0.1", "::1/128"]
+
+
 def test_dump_round_trips(tmp_path: Path) -> None:
-    cfg = load_config(env={"DFMS_GATEWAY__PORT": "1234"})
+    cfg = load_config(env={"DFMS_GATEWAY__PORT": "1234",
+                           "DFMS_GATEWAY__TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8",
+                           "DFMS_KAFKA__TOPIC_REPLICATION_FACTOR": "3"})
     path = tmp_path / "c.yaml"
     path.write_text(dump_yaml(cfg))
     assert load_config(path, env={}) == cfg

@@ -237,3 +237,37 @@ def test_every_route_is_in_the_spec_and_every_operation_is_a_route(
         lines += [f"  {method} {path}" for method, path in stale]
     if lines:
         pytest.fail("\n".join(lines), pytrace=False)
+
+
+def test_no_path_parameter_takes_a_sibling_routes_segment(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``/files/upload`` is the upload route, never the file whose id is "upload": else
+    ``GET /files/upload`` would answer 404 and a 405's ``Allow`` would list the methods
+    of ``/files/{file_id}`` too (schemathesis' unsupported_method and
+    allow_header_conformance checks)."""
+    keys_dir = tmp_path_factory.mktemp("keys")
+    generate_key(keys_dir)
+    app = build_app(load_config(env={}, overrides={"auth": {"keys_dir": str(keys_dir)}}))
+    resources = [r for r in app.router.resources() if r.canonical.startswith("/")]
+    static = {r.canonical for r in resources if "{" not in r.canonical}
+    taken = sorted((path, r.canonical) for r in resources if "{" in r.canonical
+                   for path in static if r.get_info().get("pattern", re.compile("$^"))
+                   .fullmatch(path))
+    assert not taken, f"path parameters that take a sibling route's path: {taken}"
+
+
+def test_every_json_request_body_is_closed(spec: dict[str, Any]) -> None:
+    """The gateway refuses body fields an operation does not take (http.only_fields);
+    the spec says so, at every level, so schemathesis checks it both ways."""
+    open_objects = []
+    for path, method, op, _ in operations(spec):
+        body = op.get("requestBody", {}).get("content", {}).get("application/json")
+        if body is None:
+            continue
+        for where, node in _walk(resolve(spec, body["schema"]), f"{method.upper()} {path}"):
+            node = resolve(spec, node)
+            if isinstance(node, dict) and node.get("type") == "object" and \
+                    node.get("additionalProperties") is not False:
+                open_objects.append(where)
+    assert not open_objects, "request bodies that allow unknown fields:\n" + \
+        "\n".join(open_objects)
