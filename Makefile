@@ -47,8 +47,10 @@ test: install lint
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
 	exit $$code
 
+## ruff, then mypy on the package as imported (tools/typecheck.py: see the README's Layout).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/python tools/typecheck.py
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(ARGS)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, SupportsFloat, SupportsIndex, TypeVar, get_origin, get_type_hints
 
 import yaml
 
@@ -32,10 +32,16 @@ ENV_CONFIG_PATH = "DFMS_CONFIG"
 MASK = "***"
 
 
-def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+T = TypeVar("T")
+
+
+def opt(default: T, doc: str, *, lo: float | None = None, hi: float | None = None,
         choices: tuple[str, ...] | None = None, secret: bool = False,
-        check: Callable[[Any], str | None] | None = None) -> Any:
+        check: Callable[[T], str | None] | None = None) -> T:
     """Declare a config field with its meaning and constraints.
+
+    Typed as its default, so a default of the wrong type for the field's annotation
+    (``port: int = opt("8080", ...)``) is a mypy error.
 
     A ``tuple[str, ...]`` field is a list: a YAML list, or in an environment variable
     items separated by commas or spaces. ``check(value)`` returns what is wrong with a
@@ -375,8 +381,10 @@ def _coerce(key: str, raw: object, kind: type, name: str) -> object:
     if kind is float:
         if isinstance(raw, bool):
             raise ConfigError(key, raw, "expected a number")
+        if not isinstance(raw, str | bytes | SupportsFloat | SupportsIndex):
+            raise ConfigError(key, raw, "expected a number")
         try:
-            return float(raw)  # type: ignore[arg-type]
+            return float(raw)
         except (TypeError, ValueError):
             raise ConfigError(key, raw, "expected a number") from None
     if isinstance(raw, (dict, list)):
@@ -490,9 +498,10 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
     _merge(merged, _env_layer(env), "the environment")
     if overrides:
         _merge(merged, overrides, "overrides")
-    sections = {name: _build_section(name, cls, merged.get(name, {}))
-                for name, cls in _sections().items()}
-    cfg = Config(**sections)  # type: ignore[arg-type]
+    # Each value is the section dataclass its name calls for, known only at run time.
+    sections: dict[str, Any] = {name: _build_section(name, cls, merged.get(name, {}))
+                                for name, cls in _sections().items()}
+    cfg = Config(**sections)
     _validate_cross(cfg)
     return cfg
 

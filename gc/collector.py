@@ -73,6 +73,8 @@ import asyncpg
 
 from dfms.config import GcConfig
 from dfms.gc.nodes import NodeSet
+from dfms.metadata.db import Connection
+from dfms.metadata.states import ChunkState
 from dfms.runtime.logs import get_logger
 from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient, ObjectNotFound, StorageError, chunk_key
@@ -121,11 +123,11 @@ _UNREFERENCED = "NOT EXISTS (SELECT 1 FROM manifest_entries e WHERE e.chunk_sha2
 _MARK = f"""
 WITH candidates AS (
     SELECT c.sha256 FROM chunks c
-    WHERE c.sha256 > $2 AND c.state = 'live' AND c.last_ref_at < $1 AND {_UNREFERENCED}
+    WHERE c.sha256 > $2 AND c.state = '{ChunkState.LIVE}' AND c.last_ref_at < $1 AND {_UNREFERENCED}
     ORDER BY c.sha256 LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), marked AS (
-    UPDATE chunks c SET state = 'condemned', condemned_at = now()
+    UPDATE chunks c SET state = '{ChunkState.CONDEMNED}', condemned_at = now()
     WHERE c.sha256 = ANY (ARRAY(SELECT sha256 FROM candidates))
     RETURNING c.sha256, c.size
 )
@@ -134,18 +136,18 @@ FROM marked
 """
 _COUNT_MARK = f"""
 SELECT count(*) AS n, coalesce(sum(size), 0)::bigint AS bytes FROM chunks c
-WHERE c.state = 'live' AND c.last_ref_at < $1 AND {_UNREFERENCED}
+WHERE c.state = '{ChunkState.LIVE}' AND c.last_ref_at < $1 AND {_UNREFERENCED}
 """
 
 # -- sweep -------------------------------------------------------------------------------
 
-_LEFTOVERS = """
-SELECT sha256, size FROM chunks WHERE state = 'sweeping' AND sha256 > $1
+_LEFTOVERS = f"""
+SELECT sha256, size FROM chunks WHERE state = '{ChunkState.SWEEPING}' AND sha256 > $1
 ORDER BY sha256 LIMIT $2
 """
-_LOCK_CONDEMNED = """
+_LOCK_CONDEMNED = f"""
 SELECT sha256 FROM chunks
-WHERE state = 'condemned' AND condemned_at < $1 AND sha256 > $2
+WHERE state = '{ChunkState.CONDEMNED}' AND condemned_at < $1 AND sha256 > $2
 ORDER BY sha256 LIMIT $3
 FOR UPDATE SKIP LOCKED
 """
@@ -153,40 +155,42 @@ FOR UPDATE SKIP LOCKED
 # reference committed before the lock was granted, and none can be added after it.
 _RESCUE = f"""
 WITH rescued AS (
-    UPDATE chunks c SET state = 'live', condemned_at = NULL, last_ref_at = now()
-    WHERE c.sha256 = ANY($1::bytea[]) AND c.state = 'condemned' AND NOT {_UNREFERENCED}
+    UPDATE chunks c SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
+    WHERE c.sha256 = ANY($1::bytea[]) AND c.state = '{ChunkState.CONDEMNED}' AND NOT {_UNREFERENCED}
     RETURNING 1
 )
 SELECT count(*) FROM rescued
 """
 _CLAIM = f"""
-UPDATE chunks c SET state = 'sweeping'
-WHERE c.sha256 = ANY($1::bytea[]) AND c.state = 'condemned' AND {_UNREFERENCED}
+UPDATE chunks c SET state = '{ChunkState.SWEEPING}'
+WHERE c.sha256 = ANY($1::bytea[]) AND c.state = '{ChunkState.CONDEMNED}' AND {_UNREFERENCED}
 RETURNING c.sha256, c.size
 """
-_DELETE_SWEPT = """
+_DELETE_SWEPT = f"""
 WITH gone AS (
-    DELETE FROM chunks WHERE sha256 = ANY($1::bytea[]) AND state = 'sweeping' RETURNING size
+    DELETE FROM chunks WHERE sha256 = ANY($1::bytea[]) AND state = '{ChunkState.SWEEPING}'
+    RETURNING size
 )
 SELECT count(*) AS n, coalesce(sum(size), 0)::bigint AS bytes FROM gone
 """
 _COUNT_SWEEP = f"""
 SELECT count(*) AS n, coalesce(sum(size), 0)::bigint AS bytes FROM chunks c
-WHERE (c.state = 'sweeping'
-       OR (c.state = 'condemned' AND c.condemned_at < $1 AND {_UNREFERENCED})
-       OR ($2 AND c.state = 'live' AND c.last_ref_at < $1 AND {_UNREFERENCED}))
+WHERE (c.state = '{ChunkState.SWEEPING}'
+       OR (c.state = '{ChunkState.CONDEMNED}' AND c.condemned_at < $1 AND {_UNREFERENCED})
+       OR ($2 AND c.state = '{ChunkState.LIVE}' AND c.last_ref_at < $1 AND {_UNREFERENCED}))
 """
 
 # -- orphan objects ----------------------------------------------------------------------
 
 _EXISTING = "SELECT sha256 FROM chunks WHERE sha256 = ANY($1::bytea[])"
-_CLAIM_ORPHANS = """
+_CLAIM_ORPHANS = f"""
 INSERT INTO chunks (sha256, size, state, condemned_at)
-SELECT d, s, 'sweeping', now() FROM unnest($1::bytea[], $2::integer[]) AS t(d, s)
+SELECT d, s, '{ChunkState.SWEEPING}', now() FROM unnest($1::bytea[], $2::integer[]) AS t(d, s)
 ON CONFLICT (sha256) DO NOTHING
 RETURNING sha256
 """
-_RELEASE_ORPHANS = "DELETE FROM chunks WHERE sha256 = ANY($1::bytea[]) AND state = 'sweeping'"
+_RELEASE_ORPHANS = ("DELETE FROM chunks "
+                    f"WHERE sha256 = ANY($1::bytea[]) AND state = '{ChunkState.SWEEPING}'")
 
 
 def digest_of_key(key: str) -> bytes | None:
@@ -223,7 +227,7 @@ async def _bounded(items: Sequence[bytes], run: Callable[[bytes], Awaitable[bool
 class ChunkCollector:
     """The chunk phases of one pass, on the connection that holds the GC lock."""
 
-    def __init__(self, conn: asyncpg.Connection, cfg: GcConfig, nodes: NodeSet,
+    def __init__(self, conn: Connection, cfg: GcConfig, nodes: NodeSet,
                  stats: PassStats, *, dry_run: bool = False) -> None:
         self.conn = conn
         self.cfg = cfg

@@ -16,9 +16,9 @@ import dataclasses
 from types import TracebackType
 from typing import Self
 
-import asyncpg
-
 from dfms.config import S3Config
+from dfms.metadata.db import Connection
+from dfms.metadata.states import AdminState
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeClient, NodeUnavailable, ObjectNotFound, StorageError
 
@@ -29,7 +29,7 @@ log = get_logger("gc_worker.nodes")
 GC_REQUEST_TIMEOUT_S = 10.0
 GC_MAX_RETRIES = 1
 
-_NODES = "SELECT id, endpoint FROM nodes WHERE admin_state <> 'removed' ORDER BY id"
+_NODES = f"SELECT id, endpoint FROM nodes WHERE admin_state <> '{AdminState.REMOVED}' ORDER BY id"
 
 
 class NodeSet:
@@ -40,7 +40,7 @@ class NodeSet:
         self.unreachable: dict[str, str] = {}  # node id -> why, for the rest of the pass
 
     @classmethod
-    async def load(cls, conn: asyncpg.Connection, s3: S3Config) -> NodeSet:
+    async def load(cls, conn: Connection, s3: S3Config) -> NodeSet:
         cfg = dataclasses.replace(
             s3, request_timeout_s=min(s3.request_timeout_s, GC_REQUEST_TIMEOUT_S),
             max_retries=min(s3.max_retries, GC_MAX_RETRIES))

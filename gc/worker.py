@@ -28,6 +28,7 @@ from dfms.gc.nodes import NodeSet
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import multipart as mp
 from dfms.metadata import trash
+from dfms.metadata.db import Connection
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats
 
@@ -80,7 +81,7 @@ class GcWorker(PooledService):
                 await conn.execute("SELECT pg_advisory_unlock($1)", GC_LOCK_KEY)
         return stats
 
-    async def _pass(self, conn: asyncpg.Connection, stats: PassStats, *,
+    async def _pass(self, conn: Connection, stats: PassStats, *,
                     dry_run: bool) -> None:
         self.last_phase_seconds = {}
         for name in (*LIFECYCLE_COUNTERS, *CHUNK_COUNTERS):
@@ -104,7 +105,7 @@ class GcWorker(PooledService):
         self.log.info("pass phases", extra={"dry_run": dry_run, **{
             f"{name}_s": round(s, 3) for name, s in self.last_phase_seconds.items()}})
 
-    async def _database_phases(self, conn: asyncpg.Connection, chunks: ChunkCollector,
+    async def _database_phases(self, conn: Connection, chunks: ChunkCollector,
                                stats: PassStats) -> None:
         """Lifecycle, then orphan manifests, mark and sweep (the sweep's deletes too)."""
         await self._phase("lifecycle", lambda: self._lifecycle_pass(conn, stats))
@@ -119,7 +120,7 @@ class GcWorker(PooledService):
         finally:
             self.last_phase_seconds[name] = time.perf_counter() - start
 
-    async def _lifecycle_pass(self, conn: asyncpg.Connection, stats: PassStats) -> None:
+    async def _lifecycle_pass(self, conn: Connection, stats: PassStats) -> None:
         cfg = self.config.lifecycle
         async with conn.transaction():
             stats.add("multipart_expired", await mp.expire_stale(conn))
@@ -127,7 +128,7 @@ class GcWorker(PooledService):
         async with conn.transaction():
             stats.add("versions_pruned", await lc.prune_versions(conn, cfg))
 
-    async def _purge_trash(self, conn: asyncpg.Connection, stats: PassStats) -> None:
+    async def _purge_trash(self, conn: Connection, stats: PassStats) -> None:
         days = self.config.lifecycle.trash_retention_days
         while True:
             roots = await trash.expired_roots(conn, days, self.config.gc.batch_size)

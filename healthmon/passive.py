@@ -42,6 +42,7 @@ import asyncpg
 
 from dfms.healthmon.record import lock_node, record_change
 from dfms.healthmon.state import Health
+from dfms.metadata.states import AdminState
 from dfms.runtime.logs import get_logger
 from dfms.storage import ObjectNotFound, StorageError
 
@@ -228,7 +229,7 @@ class PassiveHealth(FailureStreaks):
         had (healthy: it was marked), None when it is removed or unknown."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await lock_node(conn, node)  # as the monitor does: one writer at a time
-            if row is None or row["admin_state"] == "removed":
+            if row is None or row["admin_state"] == AdminState.REMOVED:
                 return None
             stored = Health(row["health"])
             if stored is Health.HEALTHY:

@@ -29,6 +29,8 @@ from dfms.config import Config
 from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_config
 from dfms.healthmon.record import lock_node, record_change
 from dfms.healthmon.state import Health, NodeTrack, Thresholds, seed, step
+from dfms.metadata.db import Connection
+from dfms.metadata.states import AdminState
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats, main_for
 from dfms.storage import NodeClient
@@ -44,7 +46,7 @@ PROBE_FAILURES = Counter("dfms_node_probe_failures_total", "Failed node probes",
 MAX_CONCURRENT_PROBES = 16
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-_NODES = "SELECT id, endpoint FROM nodes WHERE admin_state <> 'removed' ORDER BY id"
+_NODES = f"SELECT id, endpoint FROM nodes WHERE admin_state <> '{AdminState.REMOVED}' ORDER BY id"
 _PROBED = "UPDATE nodes SET last_probe_at = now(), last_probe_latency_ms = $2 WHERE id = $1"
 
 
@@ -167,18 +169,18 @@ class HealthMonitor(PooledService):
             stats.add("probes_failed")
             PROBE_FAILURES.labels(node_id).inc()
 
-    async def _record_safely(self, conn: asyncpg.Connection, node_id: str,
+    async def _record_safely(self, conn: Connection, node_id: str,
                              result: ProbeResult, stats: PassStats) -> None:
         try:
             await self._record(conn, node_id, result, stats)
         except DB_ERRORS:  # one node's database trouble never stops the pass
             self._db_error(stats, "recording a probe failed", node_id)
 
-    async def _record(self, conn: asyncpg.Connection, node_id: str, result: ProbeResult,
+    async def _record(self, conn: Connection, node_id: str, result: ProbeResult,
                       stats: PassStats) -> None:
         async with conn.transaction():
             row = await lock_node(conn, node_id)
-            if row is None or row["admin_state"] == "removed":
+            if row is None or row["admin_state"] == AdminState.REMOVED:
                 return  # removed while it was being probed
             stored = Health(row["health"])
             track = self._tracks.get(node_id)

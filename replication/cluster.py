@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from dfms.config import S3Config
+from dfms.healthmon.state import Health
+from dfms.metadata.db import Connection
+from dfms.metadata.states import AdminState
 from dfms.replication.plan import NodeStates
 from dfms.ring import Ring
 from dfms.ring import store as ring_store
@@ -43,18 +46,18 @@ class ClusterView:
         return sorted(self.endpoints)
 
 
-async def load_view(conn: asyncpg.Connection | asyncpg.Pool, repair_delay_s: float
+async def load_view(conn: Connection | asyncpg.Pool, repair_delay_s: float
                     ) -> ClusterView:
     rows = await conn.fetch(_NODES)
     up, lost, removed = set(), set(), set()
     endpoints: dict[str, str] = {}
     for r in rows:
         node_id = str(r["id"])
-        if r["admin_state"] == "removed":
+        if r["admin_state"] == AdminState.REMOVED:
             removed.add(node_id)
             continue
         endpoints[node_id] = str(r["endpoint"])
-        if r["health"] != "down":
+        if r["health"] != Health.DOWN:
             up.add(node_id)
         elif r["in_state_s"] >= repair_delay_s:
             lost.add(node_id)

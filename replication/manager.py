@@ -35,8 +35,11 @@ from dfms.config import Config
 from dfms.errors import DependencyUnavailable
 from dfms.events.consumer import EventConsumer
 from dfms.events.envelope import Event
-from dfms.events.topics import CHUNKS_TOPIC, NODES_TOPIC
+from dfms.events.topics import CHUNKS_TOPIC, NODE_HEALTH_CHANGED, NODES_TOPIC
 from dfms.healthmon.passive import PassiveHealth
+from dfms.healthmon.state import Health
+from dfms.metadata.db import Connection
+from dfms.metadata.states import ChunkState
 from dfms.replication.cluster import NodeClients, Throttle, load_view
 from dfms.replication.repair import ChunkRepairer
 from dfms.replication.scrubber import Scrubber
@@ -59,12 +62,14 @@ _WITH_REPLICAS = """
 SELECT c.sha256,
        coalesce(array_agg(r.node_id) FILTER (WHERE r.node_id IS NOT NULL), '{{}}') AS nodes,
        coalesce(array_agg(r.state) FILTER (WHERE r.node_id IS NOT NULL), '{{}}') AS states
-FROM (SELECT sha256 FROM chunks WHERE {where} AND state <> 'sweeping' {then}) c
+FROM (SELECT sha256 FROM chunks WHERE {where} AND state <> '{sweeping}' {then}) c
 LEFT JOIN chunk_replicas r ON r.chunk_sha256 = c.sha256
 GROUP BY c.sha256 ORDER BY c.sha256
 """
-_CHUNKS_NAMED = _WITH_REPLICAS.format(where="sha256 = ANY($1::bytea[])", then="")
-_CHUNK_PAGE = _WITH_REPLICAS.format(where="sha256 > $1", then="ORDER BY sha256 LIMIT $2")
+_CHUNKS_NAMED = _WITH_REPLICAS.format(where="sha256 = ANY($1::bytea[])", then="",
+                                      sweeping=ChunkState.SWEEPING)
+_CHUNK_PAGE = _WITH_REPLICAS.format(where="sha256 > $1", then="ORDER BY sha256 LIMIT $2",
+                                    sweeping=ChunkState.SWEEPING)
 
 
 class ReplicationManager(PooledService):
@@ -139,12 +144,12 @@ class ReplicationManager(PooledService):
                                      "interval", extra={"error": str(exc)})
             await asyncio.sleep(CONSUMER_RETRY_S)
 
-    async def on_event(self, conn: asyncpg.Connection, event: Event) -> None:
+    async def on_event(self, conn: Connection, event: Event) -> None:
         """Wake the right pass for ``event`` (the consumer calls this in a transaction)."""
         if event.topic == CHUNKS_TOPIC or event.type.startswith("chunk."):
             self.trigger()
             return
-        if event.type == "node.health_changed" and event.payload.get("new") == "down":
+        if event.type == NODE_HEALTH_CHANGED and event.payload.get("new") == Health.DOWN:
             age_s = (datetime.now(UTC) - event.occurred_at).total_seconds()
             self._request_full(after_s=max(0.0, self.config.replication.repair_delay_s
                                            - age_s) + 1.0)

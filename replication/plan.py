@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dfms.metadata.states import ReplicaState
 from dfms.ring import Ring
-
-OK = "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +72,7 @@ def plan_chunk(chunk_hex: str, replicas: Mapping[str, str], ring: Ring, nodes: N
     """The work ``chunk_hex`` needs, given its replica rows (node id -> state)."""
     targets = tuple(ring.nodes_for(chunk_hex, n, lambda node: node not in nodes.lost))
     ok = {node for node, state in replicas.items()
-          if state == OK and node not in nodes.removed}
+          if state == ReplicaState.OK and node not in nodes.removed}
     held = frozenset(t for t in targets if t in ok)
     copy_to = tuple(t for t in targets if t not in ok and nodes.is_up(t))
     waiting = tuple(t for t in targets if t not in ok and not nodes.is_up(t))

@@ -30,6 +30,8 @@ import asyncpg
 from prometheus_client import Counter
 
 from dfms.healthmon.passive import FailureStreaks
+from dfms.metadata.db import Connection
+from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.replication.cluster import ClusterView, NodeClients, Throttle
 from dfms.replication.plan import ChunkPlan, plan_chunk
 from dfms.runtime.logs import get_logger
@@ -57,11 +59,11 @@ REPLICA_DELETE = "replica delete"
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
 _CHUNK = "SELECT size, state FROM chunks WHERE sha256 = $1 FOR KEY SHARE"
 _REPLICAS = "SELECT node_id, state FROM chunk_replicas WHERE chunk_sha256 = $1"
-_RECORD = """
+_RECORD = f"""
 INSERT INTO chunk_replicas (chunk_sha256, node_id, state, written_at, verified_at)
-SELECT $1, node, 'ok', now(), now() FROM unnest($2::text[]) AS node
+SELECT $1, node, '{ReplicaState.OK}', now(), now() FROM unnest($2::text[]) AS node
 ON CONFLICT (chunk_sha256, node_id)
-DO UPDATE SET state = 'ok', written_at = now(), verified_at = now()
+DO UPDATE SET state = '{ReplicaState.OK}', written_at = now(), verified_at = now()
 """
 _VERIFIED = """
 UPDATE chunk_replicas SET verified_at = now() WHERE chunk_sha256 = $1 AND node_id = $2
@@ -128,11 +130,11 @@ class ChunkRepairer:
                     pass  # the transaction commits: what was marked or recorded stands
         return Outcome.WAITING
 
-    async def _round(self, conn: asyncpg.Connection, digest: bytes) -> Outcome:
+    async def _round(self, conn: Connection, digest: bytes) -> Outcome:
         if not await conn.fetchval(_TRY_LOCK, CHUNK_LOCK_CLASS, lock_id(digest)):
             return Outcome.SKIPPED
         row = await conn.fetchrow(_CHUNK, digest)
-        if row is None or row["state"] == "sweeping":
+        if row is None or row["state"] == ChunkState.SWEEPING:
             return Outcome.GONE
         replicas = {str(r["node_id"]): str(r["state"])
                     for r in await conn.fetch(_REPLICAS, digest)}
@@ -145,7 +147,7 @@ class ChunkRepairer:
             await conn.execute(_DEQUEUE, digest)
         return outcome
 
-    async def _apply(self, conn: asyncpg.Connection, digest: bytes, size: int,
+    async def _apply(self, conn: Connection, digest: bytes, size: int,
                      plan: ChunkPlan, replicas: dict[str, str]) -> Outcome:
         written: list[str] = []
         if plan.copy_to:
@@ -173,26 +175,26 @@ class ChunkRepairer:
         a copy may exist unrecorded (a write that missed its quorum, a lost row)."""
         states = self._view.states
         recorded = [node for node in (*plan.targets, *sorted(replicas))
-                    if replicas.get(node) == "ok" and states.is_up(node)]
+                    if replicas.get(node) == ReplicaState.OK and states.is_up(node)]
         recorded = list(dict.fromkeys(recorded))
         others = [node for node in self._view.node_ids
                   if node not in replicas and states.is_up(node)]
         return recorded + others
 
-    async def _read_source(self, conn: asyncpg.Connection, digest: bytes, plan: ChunkPlan,
+    async def _read_source(self, conn: Connection, digest: bytes, plan: ChunkPlan,
                            replicas: dict[str, str]) -> bytes | None:
         key = chunk_key(digest.hex())
         marked = False
         for node in self._source_order(plan, replicas):
             if node not in self._clients:
                 continue
-            recorded = replicas.get(node) == "ok"
+            recorded = replicas.get(node) == ReplicaState.OK
             try:
                 data = await self._clients[node].get(key)
             except ObjectNotFound:
                 self._failures.succeeded(node, REPLICA_READ)  # it answered: the node works
                 if recorded:
-                    await self._mark(conn, digest, node, "missing")
+                    await self._mark(conn, digest, node, ReplicaState.MISSING)
                     marked = True
                 continue
             except StorageError as exc:
@@ -201,7 +203,7 @@ class ChunkRepairer:
             self._failures.succeeded(node, REPLICA_READ)
             if await sha256_of(data) != digest:
                 if recorded:
-                    await self._mark(conn, digest, node, "corrupt")
+                    await self._mark(conn, digest, node, ReplicaState.CORRUPT)
                     marked = True
                 continue
             self.stats.add("source_reads")
@@ -216,7 +218,7 @@ class ChunkRepairer:
             raise _Again
         return None
 
-    async def _mark(self, conn: asyncpg.Connection, digest: bytes, node: str,
+    async def _mark(self, conn: Connection, digest: bytes, node: str,
                     state: str) -> None:
         self.stats.add(f"replicas_found_{state}")
         log.warning("bad replica found while repairing",
@@ -245,7 +247,7 @@ class ChunkRepairer:
 
     # -- trim -----------------------------------------------------------------------
 
-    async def _confirm(self, conn: asyncpg.Connection, digest: bytes, size: int,
+    async def _confirm(self, conn: Connection, digest: bytes, size: int,
                        plan: ChunkPlan, written: set[str]) -> bool:
         """Every target holds the chunk: those not written now answer a HEAD with its size.
 
@@ -260,18 +262,18 @@ class ChunkRepairer:
                 found = await self._clients[node].head(key)
             except ObjectNotFound:
                 self._failures.succeeded(node, REPLICA_CHECK)
-                await self._mark(conn, digest, node, "missing")
+                await self._mark(conn, digest, node, ReplicaState.MISSING)
                 raise _Again from None
             except StorageError as exc:
                 self._failures.failed(node, exc, REPLICA_CHECK)
                 return False
             self._failures.succeeded(node, REPLICA_CHECK)
             if found != size:
-                await self._mark(conn, digest, node, "corrupt")
+                await self._mark(conn, digest, node, ReplicaState.CORRUPT)
                 raise _Again
         return True
 
-    async def _trim(self, conn: asyncpg.Connection, digest: bytes, plan: ChunkPlan) -> bool:
+    async def _trim(self, conn: Connection, digest: bytes, plan: ChunkPlan) -> bool:
         key = chunk_key(digest.hex())
         gone: list[str] = list(plan.drop_rows)
         for node in plan.surplus:

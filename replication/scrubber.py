@@ -25,7 +25,9 @@ from prometheus_client import Counter, Gauge
 
 from dfms.config import Config
 from dfms.events import outbox
-from dfms.events.topics import CHUNKS_TOPIC
+from dfms.events.topics import CHUNK_REPLICA_BAD, CHUNKS_TOPIC
+from dfms.metadata.db import Connection
+from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.replication.cluster import NodeClients, Throttle, load_view
 from dfms.replication.repair import sha256_of
 from dfms.runtime.pooled import PooledService
@@ -37,7 +39,6 @@ STATE_ID = "default"
 # Replicas read at once within a batch: enough to keep a few nodes busy when the
 # rate limit is high, few enough that a batch holds little memory (4 x max chunk).
 SCRUB_CONCURRENCY = 4
-REPLICA_BAD = "chunk.replica_bad"
 
 SCRUBBED_BYTES = Counter("dfms_scrub_bytes_total", "Bytes re-read and re-hashed by the scrubber")
 LAST_PASS_SECONDS = Gauge("dfms_scrub_last_pass_seconds",
@@ -45,10 +46,11 @@ LAST_PASS_SECONDS = Gauge("dfms_scrub_last_pass_seconds",
 
 _STATE = "SELECT * FROM scrub_state WHERE id = $1"
 _INIT = "INSERT INTO scrub_state (id) VALUES ($1) ON CONFLICT DO NOTHING"
-_BATCH = """
+_BATCH = f"""
 SELECT r.chunk_sha256, r.node_id, c.size FROM chunk_replicas r
 JOIN chunks c ON c.sha256 = r.chunk_sha256
-WHERE (r.chunk_sha256, r.node_id) > ($1, $2) AND r.state = 'ok' AND c.state <> 'sweeping'
+WHERE (r.chunk_sha256, r.node_id) > ($1, $2) AND r.state = '{ReplicaState.OK}'
+  AND c.state <> '{ChunkState.SWEEPING}'
 ORDER BY r.chunk_sha256, r.node_id LIMIT $3
 """
 _ADVANCE = """
@@ -64,13 +66,14 @@ UPDATE scrub_state SET cursor_sha256 = NULL, cursor_node_id = NULL,
 WHERE id = $1
 RETURNING last_pass_seconds
 """
-_VERIFIED = """
+_VERIFIED = f"""
 UPDATE chunk_replicas r SET verified_at = now()
 FROM unnest($1::bytea[], $2::text[]) AS v(sha256, node_id)
-WHERE r.chunk_sha256 = v.sha256 AND r.node_id = v.node_id AND r.state = 'ok'
+WHERE r.chunk_sha256 = v.sha256 AND r.node_id = v.node_id AND r.state = '{ReplicaState.OK}'
 """
-_MARK = """
-UPDATE chunk_replicas SET state = $3 WHERE chunk_sha256 = $1 AND node_id = $2 AND state = 'ok'
+_MARK = f"""
+UPDATE chunk_replicas SET state = $3
+WHERE chunk_sha256 = $1 AND node_id = $2 AND state = '{ReplicaState.OK}'
 RETURNING 1
 """
 _ENQUEUE = """
@@ -136,9 +139,10 @@ class Scrubber(PooledService):
                 break
         return total
 
-    async def _batch(self, conn: asyncpg.Connection, stats: PassStats) -> None:
+    async def _batch(self, conn: Connection, stats: PassStats) -> None:
         await conn.execute(_INIT, STATE_ID)
         state = await conn.fetchrow(_STATE, STATE_ID)
+        assert state is not None  # _INIT made the row
         cursor = (bytes(state["cursor_sha256"] or b""), state["cursor_node_id"] or "")
         if self._between_passes or self._pass_started is None:
             self._pass_started = time.monotonic()
@@ -165,7 +169,7 @@ class Scrubber(PooledService):
             last = replicas[-1]
             await conn.execute(_ADVANCE, STATE_ID, last.digest, last.node_id, scrubbed, nbytes)
 
-    async def _check_all(self, conn: asyncpg.Connection, todo: list[_Replica],
+    async def _check_all(self, conn: Connection, todo: list[_Replica],
                          stats: PassStats) -> list[_Replica]:
         limit = asyncio.Semaphore(SCRUB_CONCURRENCY)
         db = asyncio.Lock()  # one connection: the checks share it for their marks
@@ -195,7 +199,7 @@ class Scrubber(PooledService):
         try:
             data = await self._clients[replica.node_id].get(chunk_key(replica.digest.hex()))
         except ObjectNotFound:
-            return "missing"
+            return ReplicaState.MISSING
         except StorageError as exc:
             stats.add("replicas_unreadable")
             self.log.warning("scrub read failed", extra={
@@ -204,16 +208,16 @@ class Scrubber(PooledService):
         stats.add("replicas_scrubbed")
         stats.add("bytes_scrubbed", len(data))
         SCRUBBED_BYTES.inc(len(data))
-        return None if await sha256_of(data) == replica.digest else "corrupt"
+        return None if await sha256_of(data) == replica.digest else ReplicaState.CORRUPT
 
-    async def _record_bad(self, conn: asyncpg.Connection, replica: _Replica, reason: str,
+    async def _record_bad(self, conn: Connection, replica: _Replica, reason: str,
                           stats: PassStats) -> None:
         hex_digest = replica.digest.hex()
         async with conn.transaction():
             if await conn.fetchval(_MARK, replica.digest, replica.node_id, reason) is None:
                 return  # rewritten or removed meanwhile
             await conn.execute(_ENQUEUE, replica.digest, replica.node_id, reason)
-            await outbox.emit(conn, CHUNKS_TOPIC, hex_digest, REPLICA_BAD,
+            await outbox.emit(conn, CHUNKS_TOPIC, hex_digest, CHUNK_REPLICA_BAD,
                               {"chunk": hex_digest, "node_id": replica.node_id,
                                "reason": reason, "found_by": "scrubber"})
         stats.add(f"found_{reason}")

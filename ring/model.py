@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dfms.metadata.states import AdminState
 from dfms.ring.errors import InvalidRing
 
-ACTIVE = "active"
-DRAINING = "draining"
+# A member's state is its node's admin state (a removed node is no member), as plain str.
+ACTIVE: str = AdminState.ACTIVE.value
+DRAINING: str = AdminState.DRAINING.value
 MEMBER_STATES = frozenset({ACTIVE, DRAINING})
 
 DEFAULT_VNODES_PER_WEIGHT = 150

@@ -17,7 +17,8 @@ from typing import Any, Protocol, Self
 import asyncpg
 
 from dfms.events import outbox
-from dfms.events.topics import NODES_TOPIC
+from dfms.events.topics import NODES_TOPIC, RING_CHANGED
+from dfms.metadata.db import Connection
 from dfms.ring.errors import InvalidRing, RingConflict
 from dfms.ring.model import DRAINING, RingData, RingMember, validate
 from dfms.ring.ring import Ring
@@ -40,7 +41,6 @@ _LATEST_IF_CHANGED = (
 _MEMBERS_OF = "SELECT members::text FROM ring_state WHERE epoch = $1"
 # Every saved ring is announced in the saving transaction (the transactional outbox),
 # so the replication manager rebalances after any change, whoever made it.
-RING_CHANGED = "ring.changed"
 RING_EVENT_KEY = "ring"
 _INSERT = (
     "INSERT INTO ring_state (epoch, vnodes_per_weight, members, checksum)"
@@ -78,7 +78,7 @@ def data_from_row(row: Any) -> RingData:
     return data
 
 
-async def save(conn: asyncpg.Connection | asyncpg.Pool, data: RingData) -> None:
+async def save(conn: Connection | asyncpg.Pool, data: RingData) -> None:
     """Insert ``data``; its epoch must be exactly the latest stored epoch + 1.
 
     The first ring must have epoch 1. Raises ``RingConflict`` otherwise,
@@ -131,8 +131,8 @@ def _members(value: Any) -> tuple[RingMember, ...]:
 
 @contextlib.asynccontextmanager
 async def _connection(
-    conn: asyncpg.Connection | asyncpg.Pool,
-) -> AsyncIterator[asyncpg.Connection]:
+    conn: Connection | asyncpg.Pool,
+) -> AsyncIterator[Connection]:
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as acquired:
             yield acquired

@@ -31,8 +31,9 @@ from dfms.auth.passwords import (
 )
 from dfms.auth.validation import normalize_display_name, normalize_email
 from dfms.config import AuthConfig
+from dfms.metadata.db import Connection
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = Connection | asyncpg.Pool
 
 ROLES = ("user", "admin")
 USER_COLUMNS = "id, email, display_name, role, is_active, created_at"

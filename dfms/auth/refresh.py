@@ -18,11 +18,10 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
-
 from dfms.auth.accounts import Executor, User
 from dfms.auth.errors import InvalidRefreshToken, RefreshTokenReused
 from dfms.auth.tokens import REFRESH_TOKEN_PREFIX as PREFIX
+from dfms.metadata.db import Connection
 
 _MAX_TOKEN_CHARS = 128
 
@@ -66,7 +65,7 @@ FOR UPDATE OF t
 """
 
 
-async def rotate(conn: asyncpg.Connection, token: str, ttl_s: int) -> Rotation:
+async def rotate(conn: Connection, token: str, ttl_s: int) -> Rotation:
     """Exchange ``token`` for a new one of its family, atomically.
 
     The row lock serialises concurrent uses of one token: the second waiter

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Self
 
 import grpc
 
 from dfms.chunkservice.errors import ChunkServiceError
+from dfms.chunkservice.limits import GRPC_MESSAGE_LIMIT_BYTES
 from dfms.chunkservice.pipeline import ChunkEntry, UploadSummary
-from dfms.chunkservice.service import GRPC_MESSAGE_LIMIT_BYTES
 from dfms.chunkservice.status import ERROR_TYPE_KEY, ERROR_TYPES
 from dfms.errors import DependencyUnavailable
 from dfms.proto import chunk_pb2 as pb
@@ -30,7 +30,7 @@ def _translate(err: grpc.aio.AioRpcError) -> Exception:
     return ChunkServiceError(f"chunk service failed: {err.code().name}: {err.details()}")
 
 
-async def _failure(call: grpc.aio.StreamUnaryCall) -> Exception:
+async def _failure(call: grpc.aio.StreamUnaryCall[pb.UploadFrame, pb.UploadResult]) -> Exception:
     """The error a finished call ended with."""
     try:
         await call
@@ -116,7 +116,7 @@ class ChunkClient:
 
     async def download(self, *, manifest_id: str | None = None,
                        chunks: Sequence[ChunkEntry] | None = None, offset: int = 0,
-                       length: int = -1) -> AsyncIterator[bytes]:
+                       length: int = -1) -> AsyncGenerator[bytes, None]:
         if (manifest_id is None) == (chunks is None):
             raise ValueError("pass exactly one of manifest_id and chunks")
         request = pb.DownloadRequest(offset=offset, length=length)
@@ -145,6 +145,8 @@ class ChunkClient:
 
     async def stat(self) -> pb.StatResponse:
         try:
-            return await self._stub.Stat(pb.StatRequest(), timeout=self._connect_timeout_s)
+            resp: pb.StatResponse = await self._stub.Stat(pb.StatRequest(),
+                                                          timeout=self._connect_timeout_s)
+            return resp
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from err

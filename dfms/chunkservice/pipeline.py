@@ -20,10 +20,14 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dfms.chunker import Chunker, hash_stream
 from dfms.chunkservice.errors import ChecksumMismatch, InvalidRequest, UploadTooLarge
-from dfms.chunkservice.store import ChunkStore, StoreOutcome
+
+if TYPE_CHECKING:  # annotations only: clients (the gateway) import this module for
+    # ChunkEntry/UploadSummary without the store, its asyncpg code and its metrics
+    from dfms.chunkservice.store import ChunkStore, StoreOutcome
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ import asyncpg
 
 from dfms.chunkservice.errors import NoRing
 from dfms.config import S3Config
+from dfms.healthmon.state import Health
+from dfms.metadata.states import AdminState
 from dfms.ring import Ring
 from dfms.ring.store import RingWatcher
 from dfms.runtime.logs import get_logger
@@ -36,7 +38,7 @@ class NodeInfo:
 
     @property
     def usable(self) -> bool:
-        return self.health != "down" and self.admin_state != "removed"
+        return self.health != Health.DOWN and self.admin_state != AdminState.REMOVED
 
 
 class Placement:

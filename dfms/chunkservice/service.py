@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from dfms.chunker import Chunker, make_chunker_from
 from dfms.chunkservice.errors import ChunkServiceError, InvalidRequest, ManifestNotFound
+from dfms.chunkservice.limits import GRPC_MESSAGE_LIMIT_BYTES
 from dfms.chunkservice.pipeline import (
     ChunkEntry,
     check_manifest,
@@ -32,6 +33,7 @@ from dfms.chunkservice.writepath import write_path
 from dfms.config import Config, chunker_params
 from dfms.errors import DependencyUnavailable
 from dfms.metadata.db import create_pool
+from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.proto import chunk_pb2 as pb
 from dfms.proto import chunk_pb2_grpc as pb_grpc
 from dfms.runtime.logs import get_logger
@@ -48,10 +50,19 @@ RPC_ERRORS = Counter("dfms_chunk_rpc_errors_total", "Chunk-service RPC failures"
 UPLOAD_BYTES = Counter("dfms_chunk_upload_bytes_total", "Bytes received by Upload")
 DOWNLOAD_BYTES = Counter("dfms_chunk_download_bytes_total", "Bytes sent by Download")
 
-GRPC_MESSAGE_LIMIT_BYTES = 16 * 1024 * 1024  # 16 MiB: frames are at most a few MiB
+# The queries of Stat.
+_LIVE_TOTALS = ("SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM chunks "
+                f"WHERE state = '{ChunkState.LIVE}'")
+_UNDER_REPLICATED = (
+    "SELECT count(*) FROM (SELECT c.sha256 FROM chunks c LEFT JOIN chunk_replicas r "
+    f"ON r.chunk_sha256 = c.sha256 AND r.state = '{ReplicaState.OK}' "
+    f"WHERE c.state = '{ChunkState.LIVE}' "
+    "GROUP BY c.sha256 HAVING count(r.node_id) < $1) u")
+_REPLICAS_PER_NODE = ("SELECT node_id, count(*) FROM chunk_replicas "
+                      f"WHERE state = '{ReplicaState.OK}' GROUP BY node_id")
 
 
-async def _abort(context: grpc.aio.ServicerContext, rpc: str, exc: Exception) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
     code = status_for(exc)
     if code is None:
         raise exc
@@ -63,7 +74,7 @@ async def _abort(context: grpc.aio.ServicerContext, rpc: str, exc: Exception) ->
 def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     def wrap(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(handler)
-        async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        async def run(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
             with RPC_SECONDS.labels(rpc).time():
                 try:
                     return await handler(self, request, context)
@@ -90,7 +101,8 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     @unary("Upload")
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadFrame],
-                     context: grpc.aio.ServicerContext) -> pb.UploadResult:
+                     context: grpc.aio.ServicerContext[pb.UploadFrame, pb.UploadResult]
+                     ) -> pb.UploadResult:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "context":
             raise InvalidRequest("the first Upload frame must carry the upload context")
@@ -121,7 +133,8 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
             under_replicated_chunks=summary.under_replicated_chunks)
 
     async def Download(self, request: pb.DownloadRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DownloadFrame]:
+                       context: grpc.aio.ServicerContext[pb.DownloadRequest, pb.DownloadFrame]
+                       ) -> AsyncIterator[pb.DownloadFrame]:
         with RPC_SECONDS.labels("Download").time():
             try:
                 chunks = await self._manifest(request)
@@ -156,7 +169,9 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     @unary("HasChunks")
     async def HasChunks(self, request: pb.HasChunksRequest,
-                        context: grpc.aio.ServicerContext) -> pb.HasChunksResponse:
+                        context: grpc.aio.ServicerContext[pb.HasChunksRequest,
+                                                          pb.HasChunksResponse]
+                        ) -> pb.HasChunksResponse:
         digests = [bytes(d) for d in request.sha256]
         if any(len(d) != 32 for d in digests):
             raise InvalidRequest("every sha256 must be 32 bytes")
@@ -164,16 +179,13 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     @unary("Stat")
     async def Stat(self, request: pb.StatRequest,
-                   context: grpc.aio.ServicerContext) -> pb.StatResponse:
-        row = await self._pool.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM chunks "
-            "WHERE state = 'live'")
-        under = await self._pool.fetchval(
-            "SELECT count(*) FROM (SELECT c.sha256 FROM chunks c LEFT JOIN chunk_replicas r "
-            "ON r.chunk_sha256 = c.sha256 AND r.state = 'ok' WHERE c.state = 'live' "
-            "GROUP BY c.sha256 HAVING count(r.node_id) < $1) u", self._store.n)
-        per_node = dict(await self._pool.fetch(
-            "SELECT node_id, count(*) FROM chunk_replicas WHERE state = 'ok' GROUP BY node_id"))
+                   context: grpc.aio.ServicerContext[pb.StatRequest, pb.StatResponse]
+                   ) -> pb.StatResponse:
+        row = await self._pool.fetchrow(_LIVE_TOTALS)
+        under = await self._pool.fetchval(_UNDER_REPLICATED, self._store.n)
+        per_node: dict[str, int] = {r["node_id"]: r["count"]
+                                    for r in await self._pool.fetch(_REPLICAS_PER_NODE)}
+        assert row is not None  # an aggregate query gives one row
         nodes = [pb.NodeStat(node_id=n.node_id, endpoint=n.endpoint, zone=n.zone,
                              health=n.health, admin_state=n.admin_state,
                              replicas=per_node.get(n.node_id, 0))
@@ -216,7 +228,11 @@ class ChunkService(Service):
         pb_grpc.add_ChunkServiceServicer_to_server(
             ChunkServicer(cfg, self._pool, store, self._placement, chunker), self._server)
         address = f"{cfg.chunk_service.host}:{cfg.chunk_service.grpc_port}"
-        self.bound_port = self._server.add_insecure_port(address)
+        try:
+            self.bound_port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's bind failure; start() then closes what we opened
+            raise OSError(f"the chunk service cannot listen on {address}: the port is "
+                          f"taken or the address is not local ({exc})") from exc
         await self._server.start()
         self.log.info("listening", extra={"grpc_port": self.bound_port,
                                           "chunker": chunker.params.algorithm,

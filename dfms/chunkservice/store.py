@@ -35,8 +35,9 @@ from prometheus_client import Counter
 from dfms.chunkservice.errors import ChunkBeingSwept, ChunkUnavailable, QuorumNotReached
 from dfms.chunkservice.placement import Placement
 from dfms.events import outbox
-from dfms.events.topics import CHUNKS_TOPIC
+from dfms.events.topics import CHUNK_REPLICA_BAD, CHUNK_UNDER_REPLICATED, CHUNKS_TOPIC
 from dfms.healthmon.passive import PassiveHealth
+from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
 
@@ -50,10 +51,6 @@ READ_FAILOVERS = Counter("dfms_chunk_read_failovers_total", "Reads that moved to
 SWEEP_WAITS = Counter("dfms_chunk_sweep_waits_total",
                       "Chunk writes that found the chunk being swept by GC and waited")
 
-# Events announcing repair work (the replication manager wakes on them; the
-# repair_queue row written with each is what makes the work durable).
-UNDER_REPLICATED = "chunk.under_replicated"
-REPLICA_BAD = "chunk.replica_bad"
 # Hashing a few KiB on the event loop is cheaper than a thread hop.
 _INLINE_HASH_BYTES = 64 * 1024
 # Another replica is a better retry than the same node again: a replica write
@@ -68,32 +65,35 @@ REPLICA_WRITE = "replica write"
 REPLICA_READ = "replica read"
 
 # The dedup check: a live or condemned chunk still has its bytes.
-_TOUCH = """
-UPDATE chunks SET state = 'live', condemned_at = NULL, last_ref_at = now()
-WHERE sha256 = $1 AND state IN ('live', 'condemned') RETURNING size
+_TOUCH = f"""
+UPDATE chunks SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
+WHERE sha256 = $1 AND state IN ('{ChunkState.LIVE}', '{ChunkState.CONDEMNED}') RETURNING size
 """
 _STATE = "SELECT state FROM chunks WHERE sha256 = $1"
 # Never turns a sweeping row live: then nothing is returned and the write waits.
-_UPSERT_CHUNK = """
+_UPSERT_CHUNK = f"""
 INSERT INTO chunks (sha256, size) VALUES ($1, $2)
 ON CONFLICT (sha256) DO UPDATE
-SET state = 'live', condemned_at = NULL, last_ref_at = now()
-WHERE chunks.state <> 'sweeping'
+SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
+WHERE chunks.state <> '{ChunkState.SWEEPING}'
 RETURNING 1
 """
-_UPSERT_REPLICAS = """
+_UPSERT_REPLICAS = f"""
 INSERT INTO chunk_replicas (chunk_sha256, node_id)
 SELECT $1, node FROM unnest($2::text[]) AS node
-ON CONFLICT (chunk_sha256, node_id) DO UPDATE SET state = 'ok', written_at = now()
+ON CONFLICT (chunk_sha256, node_id) DO UPDATE SET state = '{ReplicaState.OK}', written_at = now()
 """
 _ENQUEUE_REPAIR = """
 INSERT INTO repair_queue (chunk_sha256, node_id, reason) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING
 """
-_HOLDERS = "SELECT node_id FROM chunk_replicas WHERE chunk_sha256 = $1 AND state = 'ok'"
+_HOLDERS = ("SELECT node_id FROM chunk_replicas "
+            f"WHERE chunk_sha256 = $1 AND state = '{ReplicaState.OK}'")
 _MARK_REPLICA = """
 UPDATE chunk_replicas SET state = $3 WHERE chunk_sha256 = $1 AND node_id = $2
 """
+_LIVE_OF = ("SELECT sha256 FROM chunks "
+            f"WHERE sha256 = ANY($1::bytea[]) AND state = '{ChunkState.LIVE}'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +150,7 @@ class ChunkStore:
                 CHUNK_WRITES.labels("dedup").inc()
                 CHUNK_WRITE_BYTES.labels("dedup").inc(len(data))
                 return StoreOutcome(new=False, replicas=0)
-            if await self._pool.fetchval(_STATE, digest) == "sweeping":
+            if await self._pool.fetchval(_STATE, digest) == ChunkState.SWEEPING:
                 await sweep.wait()  # its bytes are being deleted: store them once it is gone
                 continue
             acks = await self._store_new(digest, data)
@@ -229,7 +229,7 @@ class ChunkStore:
             await conn.execute(_UPSERT_REPLICAS, digest, nodes)
             if len(nodes) < self.n:
                 await conn.execute(_ENQUEUE_REPAIR, digest, None, "under_replicated")
-                await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), UNDER_REPLICATED, {
+                await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), CHUNK_UNDER_REPLICATED, {
                     "chunk": digest.hex(), "replicas": len(nodes), "wanted": self.n,
                     "nodes": nodes})
         return True
@@ -266,7 +266,7 @@ class ChunkStore:
             self.node_failures.succeeded(node, REPLICA_READ)  # it answered: the node works
             failures.append(f"{node}: missing")
             if recorded:
-                await self._mark_bad(digest, node, "missing")
+                await self._mark_bad(digest, node, ReplicaState.MISSING)
             return None
         except NodeUnavailable as exc:
             self.node_failures.failed(node, exc, REPLICA_READ)
@@ -282,7 +282,7 @@ class ChunkStore:
         if await sha256_of(data) == digest:
             return data
         failures.append(f"{node}: corrupt")
-        await self._mark_bad(digest, node, "corrupt")
+        await self._mark_bad(digest, node, ReplicaState.CORRUPT)
         return None
 
     async def _mark_bad(self, digest: bytes, node: str, reason: str) -> None:
@@ -292,15 +292,13 @@ class ChunkStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_MARK_REPLICA, digest, node, reason)
             await conn.execute(_ENQUEUE_REPAIR, digest, node, reason)
-            await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), REPLICA_BAD, {
+            await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), CHUNK_REPLICA_BAD, {
                 "chunk": digest.hex(), "node_id": node, "reason": reason,
                 "found_by": "read"})
 
     # -- queries ------------------------------------------------------------------------
 
     async def live(self, digests: list[bytes]) -> list[bool]:
-        rows = await self._pool.fetch(
-            "SELECT sha256 FROM chunks WHERE sha256 = ANY($1::bytea[]) AND state = 'live'",
-            digests)
+        rows = await self._pool.fetch(_LIVE_OF, digests)
         present = {bytes(r["sha256"]) for r in rows}
         return [d in present for d in digests]

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from dfms.healthmon.state import Health
+from dfms.metadata.states import AdminState
 from dfms.proto import chunk_pb2 as pb
 
 
@@ -55,6 +57,6 @@ def from_stat(stat: pb.StatResponse) -> WritePath:
     they set its admin state: dfms/gateway/routes_admin.py), so the placing members
     are the nodes whose admin state is "active".
     """
-    health = {n.node_id: n.health for n in stat.nodes if n.admin_state == "active"}
-    return write_path(health, lambda node_id: health[node_id] != "down",
+    health = {n.node_id: n.health for n in stat.nodes if n.admin_state == AdminState.ACTIVE}
+    return write_path(health, lambda node_id: health[node_id] != Health.DOWN,
                       stat.write_quorum_w)

@@ -27,8 +27,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import asyncpg
 from aiokafka import (
@@ -45,10 +44,11 @@ from dfms.config import Config
 from dfms.errors import DependencyUnavailable
 from dfms.events.envelope import Event, MalformedEvent, decode_event, dump_json
 from dfms.events.topics import DEAD_LETTER_TOPIC, start_producer
-from dfms.metadata.db import create_pool
+from dfms.metadata.db import Connection, create_pool
 from dfms.runtime.logs import get_logger
+from dfms.runtime.service import Service
 
-Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+Handler = Callable[[Connection, Event], Awaitable[None]]
 
 CONSUMED = Counter("dfms_events_consumed_total", "Events a consumer finished with",
                    ["consumer", "outcome"])  # handled, duplicate, dead_lettered
@@ -93,20 +93,27 @@ class _Assignments(ConsumerRebalanceListener):
             self.assigned.set()
 
 
-class EventConsumer:
+class EventConsumer(Service):
     """Consume ``topics`` in group ``group_id`` and hand every event to ``handler``.
 
     ``name`` identifies the consumer in ``processed_events`` and in metrics; two
     consumers with the same name share their "already handled" set.
+
+    A ``Service``: ``start()``/``stop()`` are idempotent, a failed start closes what
+    it opened (the Kafka consumer, the pool it made), and ``stop()`` after it is a
+    no-op. It runs inside another service, so it sets no ``dfms_service_up``.
     """
+
+    reports_up = False
 
     def __init__(self, config: Config, name: str, topics: Sequence[str], handler: Handler, *,
                  group_id: str | None = None, pool: asyncpg.Pool | None = None,
                  auto_offset_reset: str = "earliest") -> None:
         if not topics:
             raise ValueError("an EventConsumer needs at least one topic")
-        self.config = config
         self.name = name
+        super().__init__()
+        self.config = config
         self.topics = list(topics)
         self.handler = handler
         self.group_id = group_id or f"dfms.{name}"
@@ -121,7 +128,6 @@ class EventConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._assigned = asyncio.Event()
-        self._lifecycle = asyncio.Lock()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -129,59 +135,43 @@ class EventConsumer:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def start(self) -> None:
-        async with self._lifecycle:
-            if self._task is not None:
-                return
-            if self._pool is None:
-                self._pool = await create_pool(self.config.postgres)
-            kafka = self.config.kafka
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=kafka.bootstrap_servers,
-                group_id=self.group_id, client_id=f"dfms-{self.name}",
-                enable_auto_commit=False, auto_offset_reset=self.auto_offset_reset,
-                request_timeout_ms=max(int(kafka.request_timeout_s * 1000),
-                                       MIN_CONSUMER_REQUEST_TIMEOUT_MS),
-                max_poll_records=MAX_RECORDS)
-            self._assigned.clear()
-            consumer.subscribe(self.topics, listener=_Assignments(self._assigned))
-            try:
-                await consumer.start()
-            except KafkaError as exc:
+    async def _start(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(self.config.postgres)
+        kafka = self.config.kafka
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=self.group_id, client_id=f"dfms-{self.name}",
+            enable_auto_commit=False, auto_offset_reset=self.auto_offset_reset,
+            request_timeout_ms=max(int(kafka.request_timeout_s * 1000),
+                                   MIN_CONSUMER_REQUEST_TIMEOUT_MS),
+            max_poll_records=MAX_RECORDS)
+        self._consumer = consumer  # from here on, a failed start's _stop() closes it
+        self._assigned.clear()
+        consumer.subscribe(self.topics, listener=_Assignments(self._assigned))
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
+
+    async def _stop(self) -> None:
+        """Finish the event in hand (no new retries), commit, leave the group, close."""
+        task, self._task = self._task, None
+        self._stopping.set()
+        try:
+            if task is not None:
+                await task
+        except Exception:
+            self.log.exception("the consume loop had failed")
+        finally:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
-                await self._close_pool()
-                raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
-            self._consumer = consumer
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
-
-    async def stop(self) -> None:
-        """Finish the event in hand (no new retries), commit, leave the group, close."""
-        async with self._lifecycle:
-            task, self._task = self._task, None
-            if task is None:
-                return
-            self._stopping.set()
-            try:
-                await task
-            except Exception:
-                self.log.exception("the consume loop had failed")
-            finally:
-                consumer, self._consumer = self._consumer, None
-                if consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await consumer.stop()
-                await self._close_producer()
-                await self._close_pool()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
+            await self._close_producer()
+            await self._close_pool()
 
     async def _close_pool(self) -> None:
         if self._own_pool and self._pool is not None:

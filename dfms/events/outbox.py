@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
 from dfms.events.envelope import current_trace_context, dump_json
+from dfms.metadata.db import Connection
 
 NOTIFY_CHANNEL = "dfms_outbox"
 
@@ -27,7 +26,7 @@ VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb)
 """
 
 
-async def emit(conn: asyncpg.Connection, topic: str, key: str, type: str, payload: dict,
+async def emit(conn: Connection, topic: str, key: str, type: str, payload: dict,
                *, schema_version: int = 1) -> uuid.UUID:
     """Record one event in the caller's transaction; returns its event id.
 

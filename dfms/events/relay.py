@@ -43,7 +43,7 @@ from dfms.config import Config
 from dfms.events.envelope import build_envelope, build_headers, encode_envelope
 from dfms.events.outbox import NOTIFY_CHANNEL
 from dfms.events.topics import ensure_topics, start_producer
-from dfms.metadata.db import connect
+from dfms.metadata.db import Connection, connect
 from dfms.runtime.ops import ReadyCheck
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats
@@ -324,7 +324,7 @@ class OutboxRelay(PooledService):
         """Keep a LISTEN connection open; reconnect (and run a pass) after it drops."""
         backoff = 0.5
         while True:
-            conn: asyncpg.Connection | None = None
+            conn: Connection | None = None
             try:
                 conn = await connect(self.config.postgres)
                 closed = asyncio.Event()

@@ -1,4 +1,5 @@
-"""The Kafka topics DFMS uses, their idempotent creation, and starting a producer."""
+"""The Kafka topics DFMS uses and the event types published on them, the topics'
+idempotent creation, and starting a producer."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ FILES_TOPIC = "dfms.files"
 NODES_TOPIC = "dfms.nodes"
 DEAD_LETTER_TOPIC = "dfms.deadletter"
 TOPICS = (CHUNKS_TOPIC, FILES_TOPIC, NODES_TOPIC, DEAD_LETTER_TOPIC)
+
+# Event types (the envelope's ``type``), by the topic they are published on. The chunk
+# events announce repair work: the replication manager wakes on them, and the repair_queue
+# row written with each is what makes the work durable.
+FILE_UPLOADED = "file.uploaded"  # FILES_TOPIC
+FILE_DELETED = "file.deleted"  # FILES_TOPIC
+CHUNK_UNDER_REPLICATED = "chunk.under_replicated"  # CHUNKS_TOPIC
+CHUNK_REPLICA_BAD = "chunk.replica_bad"  # CHUNKS_TOPIC
+NODE_HEALTH_CHANGED = "node.health_changed"  # NODES_TOPIC
+RING_CHANGED = "ring.changed"  # NODES_TOPIC
+
 RETRY_INTERVAL_S = 2.0  # between attempts of ensure_topics(wait_s=...)
 
 

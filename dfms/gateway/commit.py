@@ -17,9 +17,11 @@ import asyncpg
 
 from dfms.config import LifecycleConfig
 from dfms.events.outbox import emit
+from dfms.events.topics import FILE_UPLOADED, FILES_TOPIC
 from dfms.gateway.errors import ApiError, conflict
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns
+from dfms.metadata.db import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,7 @@ def quota_error(quota: int | None) -> ApiError:
                     f"this would exceed your storage quota of {quota} bytes")
 
 
-async def insert_manifest(conn: asyncpg.Connection, size: int, sha256: bytes,
+async def insert_manifest(conn: Connection, size: int, sha256: bytes,
                           entries: list[tuple[bytes, int, int]]) -> uuid.UUID:
     """``ns.insert_manifest``, with a chunk swept meanwhile answered as a retryable 503.
 
@@ -65,7 +67,7 @@ def _check_if_match(if_match: str | None, current: ns.FileRow | None) -> None:
                        "the file changed since you read it (If-Match did not match)")
 
 
-async def live_file_named(conn: asyncpg.Connection, owner: uuid.UUID,
+async def live_file_named(conn: Connection, owner: uuid.UUID,
                           folder: uuid.UUID | None, name: str) -> ns.FileRow | None:
     file_id = await conn.fetchval(
         "SELECT id FROM files WHERE owner_id = $1 AND folder_id IS NOT DISTINCT FROM $2 "
@@ -73,17 +75,17 @@ async def live_file_named(conn: asyncpg.Connection, owner: uuid.UUID,
     return None if file_id is None else await ns.get_file(conn, owner, file_id)
 
 
-async def folder_named(conn: asyncpg.Connection, owner: uuid.UUID, folder: uuid.UUID | None,
+async def folder_named(conn: Connection | asyncpg.Pool, owner: uuid.UUID, folder: uuid.UUID | None,
                        name: str) -> bool:
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM folders WHERE owner_id = $1 AND deleted_at IS NULL "
         "AND parent_id IS NOT DISTINCT FROM $2 AND name = $3)", owner, folder, name))
 
 
-async def precheck(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def precheck(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                    folder: uuid.UUID | None, name: str, if_match: str | None) -> None:
     """Cheap checks before any byte is stored (repeated at commit, where they count)."""
-    if await folder_named(conn, owner, folder, name):  # type: ignore[arg-type]
+    if await folder_named(conn, owner, folder, name):
         raise conflict("name_taken", f"a folder named {name!r} already exists there")
     if if_match is not None:
         file_id = await conn.fetchval(
@@ -99,7 +101,7 @@ class Committed:
     unchanged: bool  # the content was the current version's: nothing was written
 
 
-async def commit_content(conn: asyncpg.Connection, cfg: LifecycleConfig, owner: uuid.UUID,
+async def commit_content(conn: Connection, cfg: LifecycleConfig, owner: uuid.UUID,
                          folder: uuid.UUID | None, name: str, content: Content, *,
                          if_match: str | None = None,
                          force_version: bool = False) -> Committed:
@@ -135,9 +137,9 @@ async def commit_content(conn: asyncpg.Connection, cfg: LifecycleConfig, owner: 
     return Committed(row, unchanged=False)
 
 
-async def _emit_uploaded(conn: asyncpg.Connection, owner: uuid.UUID, row: ns.FileRow,
+async def _emit_uploaded(conn: Connection, owner: uuid.UUID, row: ns.FileRow,
                          manifest_id: uuid.UUID) -> None:
-    await emit(conn, "dfms.files", str(row.id), "file.uploaded", {
+    await emit(conn, FILES_TOPIC, str(row.id), FILE_UPLOADED, {
         "file_id": str(row.id), "owner_id": str(owner), "version": row.version,
         "size": row.size, "sha256": row.sha256.hex(), "manifest_id": str(manifest_id),
         "name": row.name, "folder_id": None if row.folder_id is None else str(row.folder_id),

@@ -21,6 +21,7 @@ from dfms.gateway.errors import bad_request
 from dfms.gateway.http import int_param
 from dfms.gateway.views import file_json
 from dfms.metadata import namespace as ns
+from dfms.metadata.db import Connection
 
 
 def encode_cursor(sort: str, order: str, value: Any, row_id: uuid.UUID) -> str:
@@ -98,7 +99,7 @@ def paging(request: web.Request, sort: str, order: str) -> Paging:
     return Paging(sort, order, per_page, page, after)
 
 
-async def files_page(request: web.Request, conn: asyncpg.Pool | asyncpg.Connection,
+async def files_page(request: web.Request, conn: asyncpg.Pool | Connection,
                      owner: uuid.UUID, folder: uuid.UUID | None) -> dict[str, Any]:
     """``?sort=name|size|updated_at|created_at&order=asc|desc`` with either
     ``?cursor=`` (keyset, stable under inserts) or ``?page=&per_page=``."""

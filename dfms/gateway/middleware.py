@@ -6,6 +6,7 @@ import re
 import uuid
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import Counter, Histogram
 
 from dfms.gateway.errors import HTTP_STATUS_CODES, ApiError
@@ -41,7 +42,7 @@ def _route_name(request: web.Request) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request,
-                                handler: web.RequestHandler) -> web.StreamResponse:
+                                handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request[REQUEST_ID_KEY] = given if _CLIENT_ID_RE.match(given) else uuid.uuid4().hex
     route, method = _route_name(request), request.method
@@ -63,7 +64,7 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 @web.middleware
 async def error_middleware(request: web.Request,
-                           handler: web.RequestHandler) -> web.StreamResponse:
+                           handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:

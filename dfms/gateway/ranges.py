@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 MAX_RANGES = 32  # more than this is served whole (RFC 9110 lets a server ignore Range)
 
@@ -60,7 +61,7 @@ def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
     return ranges
 
 
-def _resolve(first: str, last: str, size: int) -> ByteRange | bool | None:
+def _resolve(first: str, last: str, size: int) -> ByteRange | Literal[False] | None:
     if not first:  # suffix range: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:

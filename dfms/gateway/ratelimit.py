@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -210,7 +211,8 @@ class SlidingWindowLimiter:
     async def check_all(self, limits: Sequence[Limit], window_s: float) -> Decision:
         """One round trip; counts the request only if every key allows it."""
         member = f"{self._prefix}:{next(self._seq)}"
-        args = [round(window_s * 1_000_000), member, *(lim.limit for lim in limits)]
+        args: list[int | str] = [round(window_s * 1_000_000), member,
+                                 *(lim.limit for lim in limits)]
         reply = await self._script(keys=[lim.key for lim in limits], args=args)
         raw = [int(v) for v in reply.split()]
         states = [KeyState(lim, *raw[1 + 3 * i:4 + 3 * i]) for i, lim in enumerate(limits)]
@@ -302,7 +304,7 @@ HEADERS_KEY = web.RequestKey("ratelimit_headers", dict)
 
 @web.middleware
 async def ratelimit_middleware(request: web.Request,
-                               handler: web.RequestHandler) -> web.StreamResponse:
+                               handler: Handler) -> web.StreamResponse:
     guard = request.config_dict.get(GUARD_KEY)
     cls = classify(request.method, request.path) if guard is not None else None
     if guard is None or cls is None:
@@ -342,7 +344,7 @@ async def _start_guard(app: web.Application) -> None:
                                     cfg.redis.socket_timeout_s)
 
 
-def middlewares() -> list[web.typedefs.Middleware]:
+def middlewares() -> list[Middleware]:
     """Applied after the error envelope, so ApiError becomes the JSON error body."""
     return [ratelimit_middleware]
 

@@ -24,6 +24,8 @@ from dfms.gateway.http import field, int_param, only_fields, parse_uuid, read_js
 from dfms.gateway.readiness import write_path_json
 from dfms.gateway.security import require_admin
 from dfms.metadata import admin as adm
+from dfms.metadata.db import Connection
+from dfms.metadata.states import AdminState
 from dfms.nodes import (
     InvalidNode,
     NodeSpec,
@@ -243,7 +245,7 @@ def _new_node(doc: dict[str, Any]) -> NodeSpec:
 
 
 async def _ring_change(pool: asyncpg.Pool,
-                       change: Callable[[asyncpg.Connection, RingData | None], Awaitable[T]]
+                       change: Callable[[Connection, RingData | None], Awaitable[T]]
                        ) -> T:
     """Run ``change(conn, latest_ring)`` in a transaction holding the ring lock.
 
@@ -261,7 +263,7 @@ async def _ring_change(pool: asyncpg.Pool,
                    "the ring was changed concurrently by another writer; retry the request")
 
 
-async def _save(conn: asyncpg.Connection, builder: RingBuilder) -> RingData:
+async def _save(conn: Connection, builder: RingBuilder) -> RingData:
     data = builder.build()
     await ring_store.save(conn, data)
     return data
@@ -290,7 +292,7 @@ async def add_node(request: web.Request) -> web.Response:
         raise ApiError(422, "node_unreachable",
                        f"the S3 endpoint {endpoint} did not answer: {exc}") from None
 
-    async def change(conn: asyncpg.Connection, ring: RingData | None) -> dict[str, Any]:
+    async def change(conn: Connection, ring: RingData | None) -> dict[str, Any]:
         if not await adm.insert_node(conn, node_id, endpoint, s3.bucket, zone, weight):
             raise _node_exists(node_id)
         data = _ring_with(ring, node_id, zone, weight)
@@ -328,11 +330,11 @@ async def drain_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     node_id = request.match_info["node_id"]
 
-    async def change(conn: asyncpg.Connection, ring: RingData | None) -> dict[str, Any]:
+    async def change(conn: Connection, ring: RingData | None) -> dict[str, Any]:
         node = await adm.get_node(conn, node_id, for_update=True)
         if node is None:
             raise not_found("node")
-        if node.admin_state == "removed":
+        if node.admin_state == AdminState.REMOVED:
             raise conflict("node_removed", f"node {node_id!r} was removed; it cannot drain")
         member = next((m for m in ring.members if m.node_id == node_id), None) if ring else None
         epoch = None
@@ -344,8 +346,8 @@ async def drain_node(request: web.Request) -> web.Response:
             builder.set_state(node_id, DRAINING)
             ring = await _save(conn, builder)
             epoch = ring.epoch
-        if node.admin_state != "draining":
-            await adm.set_admin_state(conn, node_id, "draining")
+        if node.admin_state != AdminState.DRAINING:
+            await adm.set_admin_state(conn, node_id, AdminState.DRAINING)
             node = await adm.get_node(conn, node_id)
             assert node is not None
         return {"node": node_json(node, ring), "epoch": epoch}
@@ -361,12 +363,12 @@ async def delete_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     node_id = request.match_info["node_id"]
 
-    async def change(conn: asyncpg.Connection, ring: RingData | None) -> int | None:
+    async def change(conn: Connection, ring: RingData | None) -> int | None:
         node = await adm.get_node(conn, node_id, for_update=True)
         if node is None:
             raise not_found("node")
         member = next((m for m in ring.members if m.node_id == node_id), None) if ring else None
-        if node.admin_state == "removed" and member is None:
+        if node.admin_state == AdminState.REMOVED and member is None:
             return None  # already gone: DELETE is idempotent
         only = await adm.only_copy_count(conn, node_id)
         if only:
@@ -382,7 +384,7 @@ async def delete_node(request: web.Request) -> web.Response:
             builder = RingBuilder(ring)
             builder.remove_node(node_id)
             epoch = (await _save(conn, builder)).epoch
-        await adm.set_admin_state(conn, node_id, "removed")
+        await adm.set_admin_state(conn, node_id, AdminState.REMOVED)
         return epoch
 
     epoch = await _ring_change(request.app[PG_KEY], change)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import email.utils
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +27,7 @@ from dfms.chunkservice.errors import (
 from dfms.chunkservice.pipeline import UploadSummary
 from dfms.errors import DependencyUnavailable
 from dfms.events.outbox import emit
+from dfms.events.topics import FILE_DELETED, FILES_TOPIC
 from dfms.gateway import ranges
 from dfms.gateway.commit import (
     Committed,
@@ -294,7 +295,7 @@ async def delete_file(request: web.Request) -> web.Response:
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         if not await ns.soft_delete_file(conn, user.id, file_id):
             raise not_found("file")
-        await emit(conn, "dfms.files", str(file_id), "file.deleted",
+        await emit(conn, FILES_TOPIC, str(file_id), FILE_DELETED,
                    {"file_id": str(file_id), "owner_id": str(user.id)})
     return web.Response(status=204)
 
@@ -359,7 +360,7 @@ async def _stream(request: web.Request, row: ns.FileRow, headers: dict[str, str]
     resp.content_length = sum(length + len(head) for _, length, head in parts) + len(trailer)
     chunks = request.app[CHUNKS_KEY]
     idle_s = request.app[CONFIG_KEY].gateway.body_idle_timeout_s
-    first: AsyncIterator[bytes] | None = None
+    first: AsyncGenerator[bytes, None] | None = None
     if row.size and request.method != "HEAD":
         # Start reading before the headers go out, so a missing manifest or an
         # unreadable first chunk is still a proper error response.

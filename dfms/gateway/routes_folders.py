@@ -16,12 +16,13 @@ from dfms.gateway.names import clean_name
 from dfms.gateway.security import AuthUser, authenticate
 from dfms.gateway.views import folder_json
 from dfms.metadata import namespace as ns
+from dfms.metadata.db import Connection
 
 ROOT_ALIAS = "root"
 FOLDER_FIELDS = ("name", "parent_id")  # of a create or an update
 
 
-async def resolve_parent(conn: asyncpg.Connection | asyncpg.Pool, user: AuthUser,
+async def resolve_parent(conn: Connection | asyncpg.Pool, user: AuthUser,
                          raw: object) -> uuid.UUID | None:
     """A folder id from a body or header, owned by the user; None (or 'root') is the root."""
     if raw is None or raw == "" or raw == ROOT_ALIAS:

@@ -6,7 +6,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
@@ -17,6 +16,7 @@ from dfms.gateway.security import authenticate
 from dfms.gateway.views import file_json, folder_json
 from dfms.metadata import namespace as ns
 from dfms.metadata import trash
+from dfms.metadata.db import Connection
 
 
 def _item_json(item: trash.TrashItem, retention_days: int) -> dict[str, Any]:
@@ -38,7 +38,7 @@ async def list_trash(request: web.Request) -> web.Response:
     return web.json_response(p.body([_item_json(i, days) for i in items], total, last))
 
 
-async def _restored_json(conn: asyncpg.Connection, owner: uuid.UUID,
+async def _restored_json(conn: Connection, owner: uuid.UUID,
                          item: trash.TrashItem) -> dict[str, Any]:
     """The item as GET answers it (a file, or a folder as folder listings show it)."""
     if item.kind == "file":

@@ -37,7 +37,7 @@ async def _file(request: web.Request) -> tuple[ns.FileRow, uuid.UUID]:
 def _version_json(v: lc.VersionRow, current: int) -> dict[str, object]:
     return {"version": v.version, "size": v.size, "sha256": v.sha256.hex(),
             "mime_type": v.mime_type, "chunk_count": v.chunk_count,
-            "created_at": v.created_at.isoformat(),  # type: ignore[attr-defined]
+            "created_at": v.created_at.isoformat(),
             "current": v.version == current}
 
 

@@ -16,12 +16,13 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 from aiohttp import web
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from dfms.config import Config, dump_yaml, load_config, mask_url
 from dfms.errors import ClusterLockedError, StackError
@@ -113,6 +114,12 @@ def read_cluster_file(data_dir: Path) -> dict[str, Any]:
                                                      int(info.get("pid_start") or -1)).alive:
         info["state"] = STALE
     return info
+
+
+def _alive(mp: ManagedProcess) -> Callable[[], bool]:
+    """Whether ``mp`` still runs, for servers.wait_ready (bound to this process, not to a
+    loop variable)."""
+    return lambda: mp.running
 
 
 def _load_secrets(data_dir: Path) -> dict[str, str]:
@@ -287,7 +294,7 @@ class LocalCluster:
             specs.append((name, node_ports, spec))
         procs = [await self.supervisor.start(spec) for _, _, spec in specs]
         await asyncio.gather(*(
-            servers.wait_ready(name, self._probes[name], lambda mp=mp: mp.running)
+            servers.wait_ready(name, self._probes[name], _alive(mp))
             for (name, _, _), mp in zip(specs, procs, strict=True)))
         store_ports, store_proc = specs[-1][1], procs[-1]
         self.info.kafka = {"store_endpoint": f"http://{LOOPBACK}:{store_ports.s3}",
@@ -367,7 +374,7 @@ class LocalCluster:
             self._probes[svc.name] = lambda url=url: servers.http_ready(url)
             mp = await self.supervisor.start(spec)
             took = await servers.wait_ready(svc.name, self._probes[svc.name],
-                                            lambda mp=mp: mp.running)
+                                            _alive(mp))
             log.info("ready", extra={"proc": svc.name, "seconds": round(took, 2)})
             self.info.services[svc.name] = {"ops_url": url, "pid": mp.pid}
             self._endpoints[svc.name] = f"{LOOPBACK}:{port}"

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from dfms.errors import StackError
 from dfms.localstack.servers import wait_ready
@@ -57,7 +58,7 @@ def build_control_app(supervisor: Supervisor, token: str, probes: Mapping[str, P
     ``endpoints`` name where each process listens, for the listing."""
 
     @web.middleware
-    async def auth(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(given.encode(), token.encode()):
             return web.json_response({"error": "bad or missing control token"}, status=401)

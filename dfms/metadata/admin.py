@@ -15,9 +15,11 @@ from typing import Any
 
 import asyncpg
 
+from dfms.metadata.db import Connection
+from dfms.metadata.states import AdminState, ChunkState, ReplicaState
 from dfms.ring import store as ring_store
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = Connection | asyncpg.Pool
 
 # --- users ------------------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ async def get_user(db: Executor, user_id: uuid.UUID) -> UserUsage | None:
     return UserUsage.of(row) if row is not None else None
 
 
-async def lock_users(conn: asyncpg.Connection,
+async def lock_users(conn: Connection,
                      ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
     """Row-lock these users (in id order, so two admins editing each other cannot
     deadlock) and return their current role and state."""
@@ -117,7 +119,7 @@ async def lock_users(conn: asyncpg.Connection,
     return {r["id"]: r for r in rows}
 
 
-async def update_user(conn: asyncpg.Connection, user_id: uuid.UUID,
+async def update_user(conn: Connection, user_id: uuid.UUID,
                       changes: dict[str, Any]) -> None:
     """Set the given columns (role, quota, active, retention overrides) of one user."""
     allowed = ("role", "quota_bytes", "is_active", "keep_versions", "keep_versions_days")
@@ -138,10 +140,10 @@ _NODE_COLUMNS = """
 
 # Replicas and bytes held per node: one pass over the ok replicas, joined to chunk
 # sizes. Bytes count every ok replica (a condemned chunk still takes disk space).
-_PER_NODE = """
+_PER_NODE = f"""
 SELECT r.node_id, count(*) AS replicas, coalesce(sum(c.size), 0)::bigint AS bytes
 FROM chunk_replicas r JOIN chunks c ON c.sha256 = r.chunk_sha256
-WHERE r.state = 'ok' {filter}
+WHERE r.state = '{ReplicaState.OK}' {{filter}}
 GROUP BY r.node_id
 """
 
@@ -191,7 +193,7 @@ def _usage(row: asyncpg.Record | None) -> tuple[int, int]:
     return (int(row["replicas"]), int(row["bytes"])) if row is not None else (0, 0)
 
 
-async def lock_ring(conn: asyncpg.Connection) -> None:
+async def lock_ring(conn: Connection) -> None:
     """Take the ring writers' advisory lock for the rest of the transaction.
 
     ``dfms.ring.store.save`` takes the same (re-entrant) lock; taking it first
@@ -201,7 +203,7 @@ async def lock_ring(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", ring_store.ADVISORY_LOCK_KEY)
 
 
-async def insert_node(conn: asyncpg.Connection, node_id: str, endpoint: str, bucket: str,
+async def insert_node(conn: Connection, node_id: str, endpoint: str, bucket: str,
                       zone: str, weight: float) -> bool:
     """Insert a node row; False when the id is taken (by any node, removed ones too)."""
     status = await conn.execute(
@@ -210,28 +212,30 @@ async def insert_node(conn: asyncpg.Connection, node_id: str, endpoint: str, buc
     return status.split()[-1] == "1"
 
 
-async def set_admin_state(conn: asyncpg.Connection, node_id: str, state: str) -> None:
+async def set_admin_state(conn: Connection, node_id: str, state: str) -> None:
     await conn.execute("UPDATE nodes SET admin_state = $2, updated_at = now() WHERE id = $1",
                        node_id, state)
 
 
-async def only_copy_count(conn: asyncpg.Connection, node_id: str) -> int:
+_ONLY_COPY = f"""
+SELECT count(*) FROM chunk_replicas r
+JOIN chunks c ON c.sha256 = r.chunk_sha256
+WHERE r.node_id = $1 AND r.state = '{ReplicaState.OK}' AND c.state = '{ChunkState.LIVE}'
+  AND NOT EXISTS (
+      SELECT 1 FROM chunk_replicas o JOIN nodes n ON n.id = o.node_id
+      WHERE o.chunk_sha256 = r.chunk_sha256 AND o.node_id <> $1
+        AND o.state = '{ReplicaState.OK}' AND n.admin_state <> '{AdminState.REMOVED}')
+"""
+
+
+async def only_copy_count(conn: Connection, node_id: str) -> int:
     """Live chunks whose only ok replica is on ``node_id``.
 
     A replica elsewhere counts only on a node that is not removed (its disk may
     be gone). Walks the node's replicas through the node index and probes the
     other replicas by primary key: proportional to what the node holds.
     """
-    return int(await conn.fetchval(
-        """
-        SELECT count(*) FROM chunk_replicas r
-        JOIN chunks c ON c.sha256 = r.chunk_sha256
-        WHERE r.node_id = $1 AND r.state = 'ok' AND c.state = 'live'
-          AND NOT EXISTS (
-              SELECT 1 FROM chunk_replicas o JOIN nodes n ON n.id = o.node_id
-              WHERE o.chunk_sha256 = r.chunk_sha256 AND o.node_id <> $1
-                AND o.state = 'ok' AND n.admin_state <> 'removed')
-        """, node_id))
+    return int(await conn.fetchval(_ONLY_COPY, node_id))
 
 
 # --- cluster ----------------------------------------------------------------------------
@@ -253,23 +257,23 @@ class ClusterNumbers:
         return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
 
 
-_CHUNK_TOTALS = """
-SELECT count(*) FILTER (WHERE state = 'live') AS live,
-       coalesce(sum(size) FILTER (WHERE state = 'live'), 0)::bigint AS live_bytes,
-       count(*) FILTER (WHERE state <> 'live') AS condemned
+_CHUNK_TOTALS = f"""
+SELECT count(*) FILTER (WHERE state = '{ChunkState.LIVE}') AS live,
+       coalesce(sum(size) FILTER (WHERE state = '{ChunkState.LIVE}'), 0)::bigint AS live_bytes,
+       count(*) FILTER (WHERE state <> '{ChunkState.LIVE}') AS condemned
 FROM chunks
 """
 
 # Live chunks with fewer than $1 ok replicas on nodes that are not removed ($2):
 # replicas are counted per chunk in one hashed pass, then joined to the chunks.
-_UNDER_REPLICATED = """
+_UNDER_REPLICATED = f"""
 SELECT count(*) FROM chunks c
 LEFT JOIN (
     SELECT r.chunk_sha256, count(*) AS ok FROM chunk_replicas r
-    WHERE r.state = 'ok' AND r.node_id <> ALL($2::text[])
+    WHERE r.state = '{ReplicaState.OK}' AND r.node_id <> ALL($2::text[])
     GROUP BY r.chunk_sha256
 ) k ON k.chunk_sha256 = c.sha256
-WHERE c.state = 'live' AND coalesce(k.ok, 0) < $1
+WHERE c.state = '{ChunkState.LIVE}' AND coalesce(k.ok, 0) < $1
 """
 
 # Enough memory for the per-chunk aggregate to stay one in-memory hash: with the
@@ -283,17 +287,18 @@ FROM file_versions v JOIN manifests m ON m.id = v.manifest_id
 """
 
 
-async def cluster_numbers(conn: asyncpg.Connection, replicas_n: int) -> ClusterNumbers:
+async def cluster_numbers(conn: Connection, replicas_n: int) -> ClusterNumbers:
     """Every figure of the cluster view, read from one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(f"SET LOCAL work_mem = '{_AGGREGATE_WORK_MEM}'")
         nodes = await list_nodes(conn)
-        removed = [n.id for n in nodes if n.admin_state == "removed"]
+        removed = [n.id for n in nodes if n.admin_state == AdminState.REMOVED]
         chunks = await conn.fetchrow(_CHUNK_TOTALS)
         under = await conn.fetchval(_UNDER_REPLICATED, replicas_n, removed)
         logical = await conn.fetchval(_LOGICAL_BYTES)
         queue = await conn.fetchval("SELECT count(*) FROM repair_queue")
         epoch = await conn.fetchval("SELECT coalesce(max(epoch), 0) FROM ring_state")
+    assert chunks is not None  # an aggregate query gives one row
     return ClusterNumbers(
         nodes=nodes, chunk_count=int(chunks["live"]), stored_bytes=int(chunks["live_bytes"]),
         condemned_chunks=int(chunks["condemned"]),

@@ -5,10 +5,9 @@ The rules a node must follow (id, endpoint, zone, weight) are in ``dfms.nodes``.
 
 from __future__ import annotations
 
-import asyncpg
-
 from dfms.errors import DfmsError
 from dfms.metadata.admin import lock_ring
+from dfms.metadata.db import Connection
 from dfms.nodes import NodeSpec
 from dfms.ring import InvalidRing
 from dfms.ring import store as ring_store
@@ -29,7 +28,7 @@ SET endpoint = EXCLUDED.endpoint, bucket = EXCLUDED.bucket, updated_at = now()
 """
 
 
-async def register_nodes(conn: asyncpg.Connection, nodes: list[NodeSpec], *,
+async def register_nodes(conn: Connection, nodes: list[NodeSpec], *,
                          bucket: str) -> int:
     """Upsert ``nodes`` and add any that the ring lacks; returns the ring epoch in force.
 
@@ -50,6 +49,7 @@ async def register_nodes(conn: asyncpg.Connection, nodes: list[NodeSpec], *,
         for node in missing:
             row = await conn.fetchrow("SELECT zone, weight FROM nodes WHERE id = $1",
                                       node.node_id)
+            assert row is not None  # the node was registered above
             builder.add_node(node.node_id, row["zone"], row["weight"])
         data = builder.build()
     # save() takes its own transaction and lock; the ring change is idempotent on
@@ -64,7 +64,7 @@ ON CONFLICT (id) DO NOTHING
 """
 
 
-async def register_new_node(conn: asyncpg.Connection, node: NodeSpec, *,
+async def register_new_node(conn: Connection, node: NodeSpec, *,
                             bucket: str) -> int | None:
     """Add ``node`` to the nodes and the ring if its id was never registered.
 

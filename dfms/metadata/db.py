@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from dfms.config import PostgresConfig
 from dfms.errors import DependencyUnavailable
+
+# A connection of its own (asyncpg.connect) or one borrowed from a pool (pool.acquire()):
+# the same API, but a pool's is a proxy, not an asyncpg.Connection.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 async def connect(cfg: PostgresConfig) -> asyncpg.Connection:

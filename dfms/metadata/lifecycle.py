@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
 from dfms.config import LifecycleConfig
+from dfms.metadata.db import Connection
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn = Connection | asyncpg.Pool
 
 
-async def lock_user(conn: asyncpg.Connection, owner: uuid.UUID) -> None:
+async def lock_user(conn: Connection, owner: uuid.UUID) -> None:
     """Serializes one user's commits, so quota checks cannot race each other."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                        f"quota:{owner}")
@@ -71,6 +73,7 @@ async def usage(conn: Conn, owner: uuid.UUID, cfg: LifecycleConfig) -> Usage:
                     JOIN manifest_entries e ON e.manifest_id = v.manifest_id
                     WHERE f.owner_id = $1) u) AS unique_bytes
         """, owner)
+    assert row is not None  # an aggregate query gives one row
     return Usage(await used_bytes(conn, owner), await quota_bytes(conn, owner, cfg),
                  int(row["files"]), int(row["versions"]), int(row["unique_bytes"]))
 
@@ -85,7 +88,7 @@ class VersionRow:
     sha256: bytes
     mime_type: str
     chunk_count: int
-    created_at: object
+    created_at: datetime
 
 
 async def list_versions(conn: Conn, file_id: uuid.UUID) -> list[VersionRow]:
@@ -97,7 +100,7 @@ async def list_versions(conn: Conn, file_id: uuid.UUID) -> list[VersionRow]:
                        r["mime_type"], r["chunk_count"], r["created_at"]) for r in rows]
 
 
-async def add_version(conn: asyncpg.Connection, file_id: uuid.UUID, manifest_id: uuid.UUID,
+async def add_version(conn: Connection, file_id: uuid.UUID, manifest_id: uuid.UUID,
                       mime_type: str) -> int:
     """Append a version and make it current; the caller holds the file's row lock."""
     version: int = await conn.fetchval(
@@ -110,7 +113,7 @@ async def add_version(conn: asyncpg.Connection, file_id: uuid.UUID, manifest_id:
     return version
 
 
-async def delete_version(conn: asyncpg.Connection, file_id: uuid.UUID, version: int) -> bool:
+async def delete_version(conn: Connection, file_id: uuid.UUID, version: int) -> bool:
     """Remove one version; deleting the current one promotes the newest remaining."""
     gone = await conn.fetchval("DELETE FROM file_versions WHERE file_id = $1 AND version = $2 "
                                "RETURNING 1", file_id, version)
@@ -123,7 +126,7 @@ async def delete_version(conn: asyncpg.Connection, file_id: uuid.UUID, version: 
     return True
 
 
-async def prune_versions(conn: asyncpg.Connection, default: LifecycleConfig) -> int:
+async def prune_versions(conn: Connection, default: LifecycleConfig) -> int:
     """Delete versions past retention (per-user overrides first). A version survives
     when it is current, among the newest ``keep_versions`` (when > 0), or younger
     than ``keep_versions_days`` (when > 0); with both 0 nothing is pruned. Their

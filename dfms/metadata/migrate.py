@@ -15,6 +15,7 @@ from importlib import resources
 import asyncpg
 
 from dfms.errors import MigrationError
+from dfms.metadata.db import Connection
 
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 # Arbitrary constant: the advisory-lock key all migration runners share.
@@ -68,24 +69,24 @@ def discover() -> list[Migration]:
     return migrations
 
 
-async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
+async def _applied(conn: Connection) -> dict[int, str]:
     await conn.execute(_CREATE_TABLE)
     rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
     return {r["version"]: r["checksum"] for r in rows}
 
 
-async def status(conn: asyncpg.Connection) -> list[MigrationStatus]:
+async def status(conn: Connection) -> list[MigrationStatus]:
     applied = await _applied(conn)
     return [MigrationStatus(m.version, m.name, m.version in applied,
                             applied.get(m.version, m.checksum) == m.checksum)
             for m in discover()]
 
 
-async def _locked(conn: asyncpg.Connection) -> None:
+async def _locked(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
 
 
-async def migrate_up(conn: asyncpg.Connection, target: int | None = None) -> list[Migration]:
+async def migrate_up(conn: Connection, target: int | None = None) -> list[Migration]:
     """Apply pending migrations up to ``target`` (all by default); returns those applied."""
     await _locked(conn)
     try:
@@ -108,7 +109,7 @@ async def migrate_up(conn: asyncpg.Connection, target: int | None = None) -> lis
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def migrate_down(conn: asyncpg.Connection, steps: int = 1) -> list[Migration]:
+async def migrate_down(conn: Connection, steps: int = 1) -> list[Migration]:
     """Revert the newest ``steps`` applied migrations; returns those reverted."""
     await _locked(conn)
     try:

@@ -8,7 +8,9 @@ from datetime import datetime
 
 import asyncpg
 
-Conn = asyncpg.Connection | asyncpg.Pool
+from dfms.metadata.db import Connection
+
+Conn = Connection | asyncpg.Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ async def create(conn: Conn, owner: uuid.UUID, folder: uuid.UUID | None, name: s
         " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) "
         "RETURNING id, owner_id, folder_id, file_name, file_size, state, created_at, "
         "expires_at, false AS expired", owner, folder, name, size, float(expiry_s))
+    assert row is not None  # INSERT ... RETURNING gives one row
     return _upload(row)
 
 
@@ -75,7 +78,7 @@ async def part_size(conn: Conn, upload_id: uuid.UUID, number: int) -> int:
         "AND part_number = $2", upload_id, number))
 
 
-async def put_part(conn: asyncpg.Connection, upload_id: uuid.UUID, number: int,
+async def put_part(conn: Connection, upload_id: uuid.UUID, number: int,
                    manifest_id: uuid.UUID, size: int, sha256: bytes) -> None:
     """Record a part; a re-sent part number replaces the old one (its manifest goes to GC)."""
     await conn.execute(
@@ -98,14 +101,14 @@ async def entries(conn: Conn, manifest_ids: list[uuid.UUID]) -> list[tuple[bytes
     return out
 
 
-async def close(conn: asyncpg.Connection, upload_id: uuid.UUID, state: str) -> None:
+async def close(conn: Connection, upload_id: uuid.UUID, state: str) -> None:
     """Complete or abort: the parts' rows go (their manifests are left for GC)."""
     await conn.execute("DELETE FROM multipart_parts WHERE upload_id = $1", upload_id)
     await conn.execute("UPDATE multipart_uploads SET state = $2 WHERE id = $1", upload_id,
                        state)
 
 
-async def expire_stale(conn: asyncpg.Connection) -> int:
+async def expire_stale(conn: Connection) -> int:
     """Abort every open upload past its expiry; returns how many."""
     ids = [r["id"] for r in await conn.fetch(
         "UPDATE multipart_uploads SET state = 'aborted' WHERE state = 'open' "

@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from dfms.metadata.db import Connection
+
 ROOT = uuid.UUID(int=0)  # stands for "no parent" in lock keys and COALESCE
 
 
@@ -63,13 +65,13 @@ FILE_FROM = """
 """
 
 
-async def lock_names(conn: asyncpg.Connection, owner: uuid.UUID,
+async def lock_names(conn: Connection, owner: uuid.UUID,
                      parent: uuid.UUID | None) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                        f"names:{owner}:{parent or ROOT}")
 
 
-async def name_taken(conn: asyncpg.Connection, owner: uuid.UUID, parent: uuid.UUID | None,
+async def name_taken(conn: Connection, owner: uuid.UUID, parent: uuid.UUID | None,
                      name: str, *, except_id: uuid.UUID | None = None) -> bool:
     return bool(await conn.fetchval(
         """
@@ -84,7 +86,7 @@ async def name_taken(conn: asyncpg.Connection, owner: uuid.UUID, parent: uuid.UU
 
 # --- folders -----------------------------------------------------------------------
 
-async def get_folder(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def get_folder(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                      folder_id: uuid.UUID) -> FolderRow | None:
     row = await conn.fetchrow(
         "SELECT id, name, parent_id, created_at, updated_at FROM folders "
@@ -92,15 +94,16 @@ async def get_folder(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
     return FolderRow.of(row) if row else None
 
 
-async def create_folder(conn: asyncpg.Connection, owner: uuid.UUID, parent: uuid.UUID | None,
+async def create_folder(conn: Connection, owner: uuid.UUID, parent: uuid.UUID | None,
                         name: str) -> FolderRow:
     row = await conn.fetchrow(
         "INSERT INTO folders (owner_id, parent_id, name) VALUES ($1, $2, $3) "
         "RETURNING id, name, parent_id, created_at, updated_at", owner, parent, name)
+    assert row is not None  # INSERT ... RETURNING gives one row
     return FolderRow.of(row)
 
 
-async def is_descendant(conn: asyncpg.Connection, folder_id: uuid.UUID,
+async def is_descendant(conn: Connection, folder_id: uuid.UUID,
                         maybe_child: uuid.UUID) -> bool:
     """True when ``maybe_child`` is ``folder_id`` or lies below it."""
     return bool(await conn.fetchval(
@@ -114,22 +117,23 @@ async def is_descendant(conn: asyncpg.Connection, folder_id: uuid.UUID,
         """, folder_id, maybe_child))
 
 
-async def update_folder(conn: asyncpg.Connection, folder_id: uuid.UUID, name: str,
+async def update_folder(conn: Connection, folder_id: uuid.UUID, name: str,
                         parent: uuid.UUID | None) -> FolderRow:
     row = await conn.fetchrow(
         "UPDATE folders SET name = $2, parent_id = $3, updated_at = now() WHERE id = $1 "
         "RETURNING id, name, parent_id, created_at, updated_at", folder_id, name, parent)
+    assert row is not None  # the caller holds the folder's row
     return FolderRow.of(row)
 
 
-async def folder_is_empty(conn: asyncpg.Connection, folder_id: uuid.UUID) -> bool:
+async def folder_is_empty(conn: Connection, folder_id: uuid.UUID) -> bool:
     return not await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM folders WHERE parent_id = $1 AND deleted_at IS NULL) "
         "OR EXISTS (SELECT 1 FROM files WHERE folder_id = $1 AND deleted_at IS NULL)",
         folder_id)
 
 
-async def folder_path(conn: asyncpg.Connection | asyncpg.Pool,
+async def folder_path(conn: Connection | asyncpg.Pool,
                       folder_id: uuid.UUID | None) -> str:
     """'/a/b' for a folder (trashed ancestors included); '/' for the root."""
     if folder_id is None:
@@ -147,7 +151,7 @@ async def folder_path(conn: asyncpg.Connection | asyncpg.Pool,
     return "/" + "/".join(names or [])
 
 
-async def delete_subtree(conn: asyncpg.Connection, folder_id: uuid.UUID) -> tuple[int, int]:
+async def delete_subtree(conn: Connection, folder_id: uuid.UUID) -> tuple[int, int]:
     """Move a folder, every folder below it and every file in them to the trash, in the
     caller's transaction. Only the folder itself is listed in the trash; the rest is
     marked as taken along with it. Returns (folders, files) trashed."""
@@ -174,7 +178,7 @@ async def delete_subtree(conn: asyncpg.Connection, folder_id: uuid.UUID) -> tupl
     return len(ids), int(files)
 
 
-async def list_subfolders(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def list_subfolders(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                           parent: uuid.UUID | None) -> list[FolderRow]:
     rows = await conn.fetch(
         "SELECT id, name, parent_id, created_at, updated_at FROM folders "
@@ -185,7 +189,7 @@ async def list_subfolders(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.U
 
 # --- files ---------------------------------------------------------------------------
 
-async def get_file(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def get_file(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                    file_id: uuid.UUID) -> FileRow | None:
     row = await conn.fetchrow(
         f"SELECT {FILE_COLUMNS} {FILE_FROM} "
@@ -193,7 +197,7 @@ async def get_file(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
     return FileRow.of(row) if row else None
 
 
-async def insert_manifest(conn: asyncpg.Connection, size: int, sha256: bytes,
+async def insert_manifest(conn: Connection, size: int, sha256: bytes,
                           entries: list[tuple[bytes, int, int]]) -> uuid.UUID:
     """A manifest and its ordered entries (sha256, offset, size); COPY for big ones."""
     manifest_id: uuid.UUID = await conn.fetchval(
@@ -208,7 +212,7 @@ async def insert_manifest(conn: asyncpg.Connection, size: int, sha256: bytes,
     return manifest_id
 
 
-async def create_file(conn: asyncpg.Connection, owner: uuid.UUID, folder: uuid.UUID | None,
+async def create_file(conn: Connection, owner: uuid.UUID, folder: uuid.UUID | None,
                       name: str, manifest_id: uuid.UUID, mime_type: str) -> uuid.UUID:
     file_id: uuid.UUID = await conn.fetchval(
         "INSERT INTO files (owner_id, folder_id, name, current_version) "
@@ -219,13 +223,13 @@ async def create_file(conn: asyncpg.Connection, owner: uuid.UUID, folder: uuid.U
     return file_id
 
 
-async def update_file(conn: asyncpg.Connection, file_id: uuid.UUID, name: str,
+async def update_file(conn: Connection, file_id: uuid.UUID, name: str,
                       folder: uuid.UUID | None) -> None:
     await conn.execute("UPDATE files SET name = $2, folder_id = $3, updated_at = now() "
                        "WHERE id = $1", file_id, name, folder)
 
 
-async def soft_delete_file(conn: asyncpg.Connection, owner: uuid.UUID,
+async def soft_delete_file(conn: Connection, owner: uuid.UUID,
                            file_id: uuid.UUID) -> bool:
     """Move a file to the trash, remembering the path of its folder."""
     folder = await conn.fetchrow(
@@ -244,7 +248,7 @@ SORT_COLUMNS = {"name": "f.name", "size": "m.size", "updated_at": "f.updated_at"
                 "created_at": "f.created_at"}
 
 
-async def list_files(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def list_files(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                      folder: uuid.UUID | None, *, sort: str, descending: bool, limit: int,
                      offset: int = 0, after: tuple[Any, uuid.UUID] | None = None
                      ) -> tuple[list[FileRow], int]:

@@ -49,6 +49,7 @@ from typing import Any
 
 import asyncpg
 
+from dfms.metadata.db import Connection
 from dfms.metadata.namespace import FileRow, FolderRow
 
 MAX_QUERY_CHARS = 200
@@ -255,7 +256,7 @@ def _item(row: asyncpg.Record) -> FileRow | FolderRow:
                    updated_at=row["updated_at"])
 
 
-async def search(conn: asyncpg.Connection, owner: uuid.UUID, query: Query, filters: Filters,
+async def search(conn: Connection, owner: uuid.UUID, query: Query, filters: Filters,
                  *, threshold: float, limit: int, offset: int = 0) -> tuple[list[Hit], int]:
     """One page of the owner's live files and folders matching ``query``, best first,
     and how many match in all. Runs in a read-only transaction of its own on ``conn``

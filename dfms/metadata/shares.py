@@ -13,6 +13,8 @@ from datetime import datetime
 
 import asyncpg
 
+from dfms.metadata.db import Connection
+
 ACTIVE, EXPIRED, REVOKED, EXHAUSTED = "active", "expired", "revoked", "exhausted"
 STATES = (ACTIVE, EXPIRED, REVOKED, EXHAUSTED)
 
@@ -63,7 +65,7 @@ class ShareRow:
         return self.password_hash is not None
 
 
-async def create(conn: asyncpg.Connection | asyncpg.Pool, *, share_id: uuid.UUID,
+async def create(conn: Connection | asyncpg.Pool, *, share_id: uuid.UUID,
                  token_hash: bytes, file_id: uuid.UUID, owner_id: uuid.UUID,
                  expires_in_s: int, max_downloads: int | None,
                  password_hash: str | None) -> ShareRow:
@@ -79,16 +81,17 @@ async def create(conn: asyncpg.Connection | asyncpg.Pool, *, share_id: uuid.UUID
         JOIN users u ON u.id = s.owner_id
         """, share_id, token_hash, file_id, owner_id, float(expires_in_s), max_downloads,
         password_hash)
+    assert row is not None  # INSERT ... RETURNING gives one row
     return ShareRow.of(row)
 
 
-async def get_by_token_hash(conn: asyncpg.Connection | asyncpg.Pool,
+async def get_by_token_hash(conn: Connection | asyncpg.Pool,
                             token_hash: bytes) -> ShareRow | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} {_FROM} WHERE s.token_hash = $1", token_hash)
     return ShareRow.of(row) if row else None
 
 
-async def get_owned(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, *,
+async def get_owned(conn: Connection | asyncpg.Pool, owner: uuid.UUID, *,
                     share_id: uuid.UUID | None = None,
                     token_hash: bytes | None = None) -> ShareRow | None:
     row = await conn.fetchrow(
@@ -97,7 +100,7 @@ async def get_owned(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, *
     return ShareRow.of(row) if row else None
 
 
-async def reserve_download(conn: asyncpg.Connection | asyncpg.Pool,
+async def reserve_download(conn: Connection | asyncpg.Pool,
                            share_id: uuid.UUID) -> int | None:
     """Count one download if the link still allows it; the new count, or None.
 
@@ -114,7 +117,7 @@ async def reserve_download(conn: asyncpg.Connection | asyncpg.Pool,
     return count
 
 
-async def release_download(conn: asyncpg.Connection | asyncpg.Pool,
+async def release_download(conn: Connection | asyncpg.Pool,
                            share_id: uuid.UUID) -> None:
     """Give back a reservation whose response sent no content."""
     await conn.execute(
@@ -122,7 +125,7 @@ async def release_download(conn: asyncpg.Connection | asyncpg.Pool,
         "WHERE id = $1 AND download_count > 0", share_id)
 
 
-async def list_owned(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, *,
+async def list_owned(conn: Connection | asyncpg.Pool, owner: uuid.UUID, *,
                      limit: int, offset: int,
                      file_id: uuid.UUID | None = None) -> tuple[list[ShareRow], int]:
     """The owner's links, newest first, and how many there are in all."""
@@ -139,7 +142,7 @@ async def list_owned(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, 
     return [], int(total)
 
 
-async def revoke(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID,
+async def revoke(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                  share_id: uuid.UUID) -> bool:
     """Revoke one of the owner's links (again: a no-op); False when it is not theirs."""
     done = await conn.fetchval(

@@ -15,6 +15,7 @@ from datetime import datetime
 import asyncpg
 
 from dfms.metadata import namespace as ns
+from dfms.metadata.db import Connection
 
 MAX_NAME_BYTES = 255  # the limit names are validated against at the API
 
@@ -55,7 +56,7 @@ def _item(row: asyncpg.Record) -> TrashItem:
                      row["original_path"] or "/", row["deleted_at"], int(row["size"]))
 
 
-async def list_trash(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, limit: int,
+async def list_trash(conn: Connection | asyncpg.Pool, owner: uuid.UUID, limit: int,
                      offset: int, *, after: tuple[datetime, uuid.UUID] | None = None
                      ) -> tuple[list[TrashItem], int]:
     """One page, most recently deleted first: by offset, or after the (deleted_at, id)
@@ -70,13 +71,13 @@ async def list_trash(conn: asyncpg.Connection | asyncpg.Pool, owner: uuid.UUID, 
     return [_item(r) for r in rows], int(total)
 
 
-async def get_item(conn: asyncpg.Connection, owner: uuid.UUID,
+async def get_item(conn: Connection, owner: uuid.UUID,
                    item_id: uuid.UUID) -> TrashItem | None:
     row = await conn.fetchrow(f"{_LIST} WHERE id = $2", owner, item_id)
     return _item(row) if row else None
 
 
-async def ensure_path(conn: asyncpg.Connection, owner: uuid.UUID, path: str) -> uuid.UUID | None:
+async def ensure_path(conn: Connection, owner: uuid.UUID, path: str) -> uuid.UUID | None:
     """The live folder at ``path`` ('/a/b'), creating what is missing; None is the root."""
     parent: uuid.UUID | None = None
     for name in (p for p in path.split("/") if p):
@@ -98,7 +99,7 @@ class NameClash(Exception):
         super().__init__(name)
 
 
-async def restore_target(conn: asyncpg.Connection, owner: uuid.UUID,
+async def restore_target(conn: Connection, owner: uuid.UUID,
                          item: TrashItem) -> uuid.UUID | None:
     """The folder an item goes back to: its own if still there, else its path recreated."""
     if item.parent_id is not None and await ns.get_folder(conn, owner, item.parent_id):
@@ -117,7 +118,7 @@ def restored_name(name: str, attempt: int) -> str:
     return f"{stem}{suffix}{dot}{ext}"
 
 
-async def free_name(conn: asyncpg.Connection, owner: uuid.UUID, parent: uuid.UUID | None,
+async def free_name(conn: Connection, owner: uuid.UUID, parent: uuid.UUID | None,
                     name: str, rename: bool) -> str:
     if not await ns.name_taken(conn, owner, parent, name):
         return name
@@ -130,7 +131,7 @@ async def free_name(conn: asyncpg.Connection, owner: uuid.UUID, parent: uuid.UUI
     raise NameClash(name)
 
 
-async def restore(conn: asyncpg.Connection, owner: uuid.UUID, item: TrashItem, *,
+async def restore(conn: Connection, owner: uuid.UUID, item: TrashItem, *,
                   rename: bool) -> tuple[uuid.UUID | None, str]:
     """Bring an item (and what it took along) back; returns (folder, final name)."""
     parent = await restore_target(conn, owner, item)
@@ -151,7 +152,7 @@ async def restore(conn: asyncpg.Connection, owner: uuid.UUID, item: TrashItem, *
     return parent, name
 
 
-async def purge(conn: asyncpg.Connection, item: TrashItem) -> int:
+async def purge(conn: Connection, item: TrashItem) -> int:
     """Delete an item and what it took along, for good. Returns files removed."""
     if item.kind == "file":
         await conn.execute("DELETE FROM files WHERE id = $1", item.id)
@@ -173,7 +174,7 @@ async def purge(conn: asyncpg.Connection, item: TrashItem) -> int:
     return int(files)
 
 
-async def expired_roots(conn: asyncpg.Connection, retention_days: int,
+async def expired_roots(conn: Connection, retention_days: int,
                         limit: int) -> list[tuple[uuid.UUID, TrashItem]]:
     """Trash roots older than the retention period, oldest first, across all users."""
     rows = await conn.fetch(

@@ -1,6 +1,10 @@
 """The service runtime every DFMS process uses.
 
-A ``Service`` has idempotent ``start()``/``stop()`` and readiness checks.
+A ``Service`` has idempotent ``start()``/``stop()`` and readiness checks. A
+failed ``start()`` undoes what it did before it re-raises (``_stop()`` runs on
+whatever ``_start()`` had set up, so ``_stop()`` must cope with a partial
+start), and ``stop()`` after it is a no-op: nothing leaks when, say, a port is
+taken.
 ``run_service`` wires logging, the ops server and SIGINT/SIGTERM handling:
 the first signal starts a graceful stop (in-flight work gets
 ``ops.shutdown_grace_s`` to finish, then is cancelled), a second one exits at
@@ -43,30 +47,53 @@ class Service(abc.ABC):
     """A long-running component with an idempotent lifecycle."""
 
     name: str = "service"
+    # Whether start/stop set dfms_service_up{service=name}; off for components that
+    # run inside a service (an event consumer) and are not a service of their own.
+    reports_up: bool = True
 
     def __init__(self) -> None:
         self.log = get_logger(self.name)
         self._started = False
+        self._lifecycle = asyncio.Lock()
 
     async def start(self) -> None:
-        if self._started:
-            return
-        await self._start()
-        self._started = True
-        UP.labels(self.name).set(1)
+        """Start once; when ``_start()`` fails, undo it (``_stop()``) and re-raise."""
+        async with self._lifecycle:
+            if self._started:
+                return
+            try:
+                await self._start()
+            except BaseException:
+                await self._undo_failed_start()
+                raise
+            self._started = True
+            if self.reports_up:
+                UP.labels(self.name).set(1)
 
     async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        UP.labels(self.name).set(0)
-        await self._stop()
+        """Stop once; a no-op before ``start()`` and after a failed one."""
+        async with self._lifecycle:
+            if not self._started:
+                return
+            self._started = False
+            if self.reports_up:
+                UP.labels(self.name).set(0)
+            await self._stop()
+
+    async def _undo_failed_start(self) -> None:
+        """Release what a failed ``_start()`` had set up; the start's error is what
+        the caller sees, so a failing cleanup is only logged."""
+        try:
+            await self._stop()
+        except Exception:
+            self.log.exception("cleaning up after a failed start failed")
 
     @abc.abstractmethod
     async def _start(self) -> None: ...
 
     @abc.abstractmethod
-    async def _stop(self) -> None: ...
+    async def _stop(self) -> None:
+        """Release what ``_start()`` set up, also when it got only part of the way."""
 
     def ready_checks(self) -> Mapping[str, ReadyCheck]:
         return {}

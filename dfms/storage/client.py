@@ -18,8 +18,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 from miniopy_async.error import InvalidResponseError, S3Error, ServerError
+from miniopy_async.helpers import DictType
 from prometheus_client import Counter, Histogram
 
 from dfms.config import S3Config
@@ -99,7 +100,7 @@ class NodeClient:
 
     async def put(self, key: str, data: bytes, sha256_hex: str | None = None, *,
                   retries: int | None = None) -> None:
-        headers = {_SHA_HEADER: sha256_hex or hashlib.sha256(data).hexdigest()}
+        headers: DictType = {_SHA_HEADER: sha256_hex or hashlib.sha256(data).hexdigest()}
 
         async def call() -> None:
             # A BytesIO body is sent in slices with the event loop free between them
@@ -199,7 +200,7 @@ class NodeClient:
 
     @staticmethod
     def _backoff(attempt: int) -> float:
-        delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2**attempt)
+        delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2.0**attempt)
         return delay * (0.5 + random.random() / 2)  # jitter keeps retries from aligning
 
     def _translate(self, exc: BaseException) -> StorageError:
@@ -213,8 +214,8 @@ class NodeClient:
                 return NodeUnavailable(self.node_id, f"{exc.code}: {exc.message}")
             return StorageRejected(self.node_id, f"{exc.code}: {exc.message}")
         if isinstance(exc, ServerError | InvalidResponseError):
-            status = getattr(exc, "_status_code", None) or getattr(exc, "_code", 0)
-            if isinstance(status, int) and status == 404:
+            code = getattr(exc, "_status_code", None) or getattr(exc, "_code", 0)
+            if isinstance(code, int) and code == 404:
                 return ObjectNotFound(self.node_id, str(exc))
             return NodeUnavailable(self.node_id, f"server error: {exc}")
         if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
