@@ -134,6 +134,22 @@ async def test_supervisor_restarts_a_service_that_dies() -> None:
         await sup.stop_all()
 
 
+async def start_service_process(code: str) -> asyncio.subprocess.Process:
+    """Run ``code`` (a service under ``run_service``) in a Python of its own and wait
+    until it logs "started"; its output stays readable from ``proc.stdout``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    lines: list[bytes] = []
+    async with asyncio.timeout(20):
+        while not any(b"started" in line for line in lines):
+            line = await proc.stdout.readline()
+            assert line, b"".join(lines)
+            lines.append(line)
+    return proc
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_service_process_stops_gracefully_on_signal(sig: int) -> None:
     # A tiny background service with an ops server: the runtime, not the gateway.
@@ -153,16 +169,8 @@ async def test_a_service_process_stops_gracefully_on_signal(sig: int) -> None:
         "setup_logging()\n"
         "raise SystemExit(asyncio.run(run_service(S(), load_config(env={}))))\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+    proc = await start_service_process(code)
     assert proc.stdout is not None
-    lines: list[bytes] = []
-    async with asyncio.timeout(20):
-        while not any(b"started" in line for line in lines):
-            line = await proc.stdout.readline()
-            assert line, b"".join(lines)
-            lines.append(line)
     proc.send_signal(sig)
     async with asyncio.timeout(20):
         rest = await proc.stdout.read()
@@ -195,16 +203,8 @@ async def test_a_stop_that_hangs_and_swallows_cancellation_still_ends_the_proces
         "cfg = load_config(env={'DFMS_OPS__SHUTDOWN_GRACE_S': '0.5'})\n"
         "raise SystemExit(asyncio.run(run_service(S(), cfg)))\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+    proc = await start_service_process(code)
     assert proc.stdout is not None
-    lines: list[bytes] = []
-    async with asyncio.timeout(20):
-        while not any(b"started" in line for line in lines):
-            line = await proc.stdout.readline()
-            assert line, b"".join(lines)
-            lines.append(line)
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     async with asyncio.timeout(20):
