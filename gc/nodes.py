@@ -18,9 +18,10 @@ from typing import Self
 
 from dfms.config import S3Config
 from dfms.metadata.db import Connection
-from dfms.metadata.states import AdminState
+from dfms.metadata.nodes import load_nodes, not_removed
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeClient, NodeUnavailable, ObjectNotFound, StorageError
+from dfms.storage.registry import NodeRegistry
 
 log = get_logger("gc_worker.nodes")
 
@@ -29,14 +30,13 @@ log = get_logger("gc_worker.nodes")
 GC_REQUEST_TIMEOUT_S = 10.0
 GC_MAX_RETRIES = 1
 
-_NODES = f"SELECT id, endpoint FROM nodes WHERE admin_state <> '{AdminState.REMOVED}' ORDER BY id"
-
 
 class NodeSet:
     """One client per non-removed node, for one pass. Use as an async context manager."""
 
-    def __init__(self, clients: dict[str, NodeClient]) -> None:
-        self.clients = clients
+    def __init__(self, registry: NodeRegistry) -> None:
+        self._registry = registry
+        self.clients = {node_id: registry.client(node_id) for node_id in registry.endpoints}
         self.unreachable: dict[str, str] = {}  # node id -> why, for the rest of the pass
 
     @classmethod
@@ -44,8 +44,13 @@ class NodeSet:
         cfg = dataclasses.replace(
             s3, request_timeout_s=min(s3.request_timeout_s, GC_REQUEST_TIMEOUT_S),
             max_retries=min(s3.max_retries, GC_MAX_RETRIES))
-        rows = await conn.fetch(_NODES)
-        return cls({r["id"]: NodeClient(r["id"], r["endpoint"], cfg) for r in rows})
+        registry = NodeRegistry(cfg, select=not_removed, name="gc-nodes")
+        try:
+            await registry.update(await load_nodes(conn))
+            return cls(registry)
+        except BaseException:
+            await registry.close()
+            raise
 
     async def __aenter__(self) -> Self:
         return self
@@ -55,9 +60,8 @@ class NodeSet:
         await self.close()
 
     async def close(self) -> None:
-        clients, self.clients = self.clients, {}
-        for client in clients.values():
-            await client.close()
+        self.clients = {}
+        await self._registry.close()
 
     async def check(self) -> None:
         """Ping every node; those that do not answer are skipped for this pass."""

@@ -30,10 +30,11 @@ from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_co
 from dfms.healthmon.record import lock_node, record_change
 from dfms.healthmon.state import Health, NodeTrack, Thresholds, seed, step
 from dfms.metadata.db import Connection
+from dfms.metadata.nodes import NodeRow, load_nodes, not_removed
 from dfms.metadata.states import AdminState
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats, main_for
-from dfms.storage import NodeClient
+from dfms.storage.registry import NodeRegistry
 
 NODE_HEALTH = Gauge("dfms_node_health", "1 for the node's current health state, else 0",
                     ["node", "state"])
@@ -46,7 +47,6 @@ PROBE_FAILURES = Counter("dfms_node_probe_failures_total", "Failed node probes",
 MAX_CONCURRENT_PROBES = 16
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-_NODES = f"SELECT id, endpoint FROM nodes WHERE admin_state <> '{AdminState.REMOVED}' ORDER BY id"
 _PROBED = "UPDATE nodes SET last_probe_at = now(), last_probe_latency_ms = $2 WHERE id = $1"
 
 
@@ -78,7 +78,7 @@ class HealthMonitor(PooledService):
         # Names this monitor's probe objects, so concurrent monitors never collide.
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._s3 = probe_s3_config(config.s3, config.healthmon.probe_timeout_s)
-        self._clients: dict[str, NodeClient] = {}
+        self._nodes = NodeRegistry(self._s3, select=not_removed, name="healthmon-nodes")
         self._tracks: dict[str, NodeTrack] = {}
 
     @property
@@ -91,9 +91,7 @@ class HealthMonitor(PooledService):
         return dict(self._tracks)
 
     async def close_resources(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        await self._nodes.stop()
 
     # -- one pass ---------------------------------------------------------------------
 
@@ -101,12 +99,12 @@ class HealthMonitor(PooledService):
         pool = await self.get_pool()
         stats = PassStats()
         try:
-            rows = await pool.fetch(_NODES)
+            rows = await load_nodes(pool)
         except DB_ERRORS:
             self._db_error(stats, "reading the nodes failed")
             return stats
-        nodes = {str(r["id"]): str(r["endpoint"]) for r in rows}
-        await self._sync_nodes(nodes)
+        await self._sync_nodes(rows)
+        nodes = self._nodes.endpoints
         results = await self._probe_all(nodes)
         for node_id, result in results.items():
             self._count_probe(node_id, result, stats)
@@ -118,39 +116,29 @@ class HealthMonitor(PooledService):
             self._db_error(stats, "no database connection to record the probes")
         return stats
 
-    async def _sync_nodes(self, nodes: Mapping[str, str]) -> None:
+    async def _sync_nodes(self, rows: list[NodeRow]) -> None:
         """Drop clients whose endpoint moved; forget nodes that were removed or deleted."""
-        for node_id, endpoint in nodes.items():
-            client = self._clients.get(node_id)
-            if client is not None and client.endpoint != endpoint:
-                await self._clients.pop(node_id).close()
+        nodes = [r.node_id for r in rows if not_removed(r)]
+        for node_id in nodes:
             PROBE_FAILURES.labels(node_id)  # a 0 series, so rate() works from the start
-        for gone in (set(self._clients) | set(self._tracks)) - set(nodes):
-            client = self._clients.pop(gone, None)
-            if client is not None:
-                await client.close()
+        for gone in (set(self._nodes.endpoints) | set(self._tracks)) - set(nodes):
             self._tracks.pop(gone, None)
             _forget_metrics(gone)
-
-    def _client(self, node_id: str, endpoint: str) -> NodeClient:
-        client = self._clients.get(node_id)
-        if client is None:
-            client = self._clients[node_id] = NodeClient(node_id, endpoint, self._s3)
-        return client
+        await self._nodes.update(rows)
 
     async def _probe_all(self, nodes: Mapping[str, str]) -> dict[str, ProbeResult]:
         limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
 
-        async def one(node_id: str, endpoint: str) -> tuple[str, ProbeResult]:
+        async def one(node_id: str) -> tuple[str, ProbeResult]:
             async with limit:
-                return node_id, await self._probe(node_id, endpoint)
+                return node_id, await self._probe(node_id)
 
-        return dict(await asyncio.gather(*(one(n, e) for n, e in nodes.items())))
+        return dict(await asyncio.gather(*(one(n) for n in nodes)))
 
-    async def _probe(self, node_id: str, endpoint: str) -> ProbeResult:
+    async def _probe(self, node_id: str) -> ProbeResult:
         hm = self.config.healthmon
         try:
-            return await probe_node(self._client(node_id, endpoint),
+            return await probe_node(self._nodes.client(node_id),
                                     probe_key(self.instance_id, node_id),
                                     timeout_s=hm.probe_timeout_s,
                                     latency_limit_ms=hm.latency_limit_ms)

@@ -17,22 +17,16 @@ import asyncpg
 from dfms.config import S3Config
 from dfms.healthmon.state import Health
 from dfms.metadata.db import Connection
-from dfms.metadata.states import AdminState
+from dfms.metadata.nodes import load_nodes
 from dfms.replication.plan import NodeStates
 from dfms.ring import Ring
 from dfms.ring import store as ring_store
-from dfms.storage import NodeClient
+from dfms.storage.registry import NodeRegistry
 
 # Repairs read from and write to one node at a time per chunk: a dead node should
 # cost one short timeout, and another source or the next pass does the rest.
 REPAIR_REQUEST_TIMEOUT_S = 30.0
 REPAIR_MAX_RETRIES = 1
-
-_NODES = """
-SELECT id, endpoint, health, admin_state,
-       extract(epoch FROM now() - health_changed_at)::float8 AS in_state_s
-FROM nodes
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,54 +42,30 @@ class ClusterView:
 
 async def load_view(conn: Connection | asyncpg.Pool, repair_delay_s: float
                     ) -> ClusterView:
-    rows = await conn.fetch(_NODES)
     up, lost, removed = set(), set(), set()
     endpoints: dict[str, str] = {}
-    for r in rows:
-        node_id = str(r["id"])
-        if r["admin_state"] == AdminState.REMOVED:
-            removed.add(node_id)
+    for r in await load_nodes(conn):
+        if r.removed:
+            removed.add(r.node_id)
             continue
-        endpoints[node_id] = str(r["endpoint"])
-        if r["health"] != Health.DOWN:
-            up.add(node_id)
-        elif r["in_state_s"] >= repair_delay_s:
-            lost.add(node_id)
+        endpoints[r.node_id] = r.endpoint
+        if r.health is not Health.DOWN:
+            up.add(r.node_id)
+        elif r.in_state_s >= repair_delay_s:
+            lost.add(r.node_id)
     data = await ring_store.load_latest(conn)
     states = NodeStates(frozenset(up), frozenset(lost), frozenset(removed))
     return ClusterView(states, endpoints, Ring(data) if data is not None else None)
 
 
-class NodeClients:
-    """One ``NodeClient`` per node, kept across passes."""
+class NodeClients(NodeRegistry):
+    """One ``NodeClient`` per node not removed, kept across passes (``sync`` takes a
+    view's ``endpoints``), with the repairs' shorter timeouts and fewer retries."""
 
     def __init__(self, s3: S3Config) -> None:
-        self._s3 = dataclasses.replace(
+        super().__init__(dataclasses.replace(
             s3, request_timeout_s=min(s3.request_timeout_s, REPAIR_REQUEST_TIMEOUT_S),
-            max_retries=min(s3.max_retries, REPAIR_MAX_RETRIES))
-        self._clients: dict[str, NodeClient] = {}
-
-    async def sync(self, endpoints: dict[str, str]) -> None:
-        for node_id, endpoint in endpoints.items():
-            client = self._clients.get(node_id)
-            if client is not None and client.endpoint != endpoint:
-                await self._clients.pop(node_id).close()
-        for gone in set(self._clients) - set(endpoints):
-            await self._clients.pop(gone).close()
-        for node_id, endpoint in endpoints.items():
-            if node_id not in self._clients:
-                self._clients[node_id] = NodeClient(node_id, endpoint, self._s3)
-
-    def __getitem__(self, node_id: str) -> NodeClient:
-        return self._clients[node_id]
-
-    def __contains__(self, node_id: object) -> bool:
-        return node_id in self._clients
-
-    async def close(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+            max_retries=min(s3.max_retries, REPAIR_MAX_RETRIES)), name="replication-nodes")
 
 
 class Throttle:

@@ -2,7 +2,8 @@
 
 All of it is re-read from PostgreSQL every ``node_refresh_interval_s`` so a
 ring change or a node marked down by the health monitor reaches every
-chunk-service instance without a restart.
+chunk-service instance without a restart. The nodes and their clients are a
+``dfms.storage.registry.NodeRegistry``; "usable" is placement's own filter.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import asyncpg
 from dfms.chunkservice.errors import NoRing
 from dfms.config import S3Config
 from dfms.healthmon.state import Health
+from dfms.metadata.nodes import NodeRow, load_nodes
 from dfms.metadata.states import AdminState
 from dfms.ring import Ring
 from dfms.ring.store import RingWatcher
 from dfms.runtime.logs import get_logger
 from dfms.runtime.tasks import cancel_and_wait
 from dfms.storage import NodeClient
+from dfms.storage.registry import NodeRegistry
 
 log = get_logger("chunk_service.placement")
-
-_NODES = "SELECT id, endpoint, zone, health, admin_state FROM nodes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,11 @@ class NodeInfo:
     zone: str
     health: str
     admin_state: str
+
+    @classmethod
+    def of(cls, row: NodeRow) -> NodeInfo:
+        return cls(row.node_id, row.endpoint, row.zone, row.health.value,
+                   row.admin_state.value)
 
     @property
     def usable(self) -> bool:
@@ -47,8 +53,9 @@ class Placement:
         self._s3 = s3
         self._interval_s = refresh_interval_s
         self._watcher = RingWatcher(pool, poll_interval_s=refresh_interval_s)
+        # Clients for every node, removed ones too: a recorded holder may still be read.
+        self._registry = NodeRegistry(s3, lambda: load_nodes(pool), name="placement-nodes")
         self.nodes: dict[str, NodeInfo] = {}
-        self._clients: dict[str, NodeClient] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -60,9 +67,12 @@ class Placement:
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        await self._registry.stop()
+
+    @property
+    def _clients(self) -> dict[str, NodeClient]:
+        """The node clients opened so far."""
+        return self._registry.open_clients
 
     async def _loop(self) -> None:
         while True:
@@ -74,19 +84,8 @@ class Placement:
 
     async def refresh(self) -> None:
         await self._watcher.refresh()
-        rows = await self._pool.fetch(_NODES)
-        nodes = {r["id"]: NodeInfo(r["id"], r["endpoint"], r["zone"], r["health"],
-                                   r["admin_state"]) for r in rows}
-        for node_id, info in nodes.items():
-            client = self._clients.get(node_id)
-            if client is not None and client.endpoint != info.endpoint:
-                await client.close()
-                client = None
-            if client is None:
-                self._clients[node_id] = NodeClient(node_id, info.endpoint, self._s3)
-        for gone in set(self._clients) - set(nodes):
-            await self._clients.pop(gone).close()
-        self.nodes = nodes
+        await self._registry.refresh()
+        self.nodes = {n: NodeInfo.of(row) for n, row in self._registry.nodes.items()}
 
     @property
     def ring(self) -> Ring:
@@ -100,7 +99,7 @@ class Placement:
         return info is not None and info.usable
 
     def client(self, node_id: str) -> NodeClient:
-        return self._clients[node_id]
+        return self._registry.client(node_id)
 
     def write_targets(self, sha256_hex: str, n: int) -> list[str]:
         """n up nodes: primaries, with handoff nodes standing in for down ones."""
