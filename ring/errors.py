@@ -1,7 +1,9 @@
 """The ring's exception tree: catch ``RingError`` for anything ring-related."""
 
+from dfms.errors import DfmsError
 
-class RingError(Exception):
+
+class RingError(DfmsError):
     """Base class of every error raised by ``dfms.ring``."""
 
 

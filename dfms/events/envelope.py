@@ -22,12 +22,14 @@ from typing import Any
 
 from opentelemetry import propagate
 
+from dfms.errors import DfmsError
+
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 Headers = list[tuple[str, bytes]]
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(DfmsError, ValueError):
     """A message value that is not a DFMS event envelope."""
 
 

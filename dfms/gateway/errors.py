@@ -1,11 +1,19 @@
 """API errors: every failure answers ``{"error": {"code", "message", "request_id"}}``.
 
-Codes are stable strings clients can switch on; messages are for people.
+Codes are stable strings clients can switch on; messages are for people. An
+``ApiError`` carries its own status and code; any other exception is answered by
+the table in ``dfms.gateway.error_table``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from dfms.errors import DfmsError
+
+
+class IncompleteBody(DfmsError):
+    """The request body broke off or stalled; the upload must not be committed."""
 
 
 class ApiError(Exception):

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import Counter, Histogram
 
+from dfms.gateway.error_table import INTERNAL, answer_for
 from dfms.gateway.errors import HTTP_STATUS_CODES, ApiError
 from dfms.runtime.logs import get_logger
 
@@ -83,8 +84,12 @@ async def error_middleware(request: web.Request,
         return error_response(request, exc.status, code, exc.reason, headers)
     except (ConnectionResetError, web.HTTPClientError):
         raise
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id(request),
-                                                "path": request.path})
-        return error_response(request, 500, "internal_error",
-                              "the server failed to handle this request")
+    except Exception as exc:
+        answer = answer_for(exc)
+        if answer is None:
+            log.exception("unhandled error", extra={"request_id": request_id(request),
+                                                    "path": request.path})
+            answer = INTERNAL
+        error = answer.error(exc)
+        return error_response(request, error.status, error.code, error.message,
+                              error.headers)

@@ -27,14 +27,13 @@ from dfms.metadata import admin as adm
 from dfms.metadata.db import Connection
 from dfms.metadata.states import AdminState
 from dfms.nodes import (
-    InvalidNode,
     NodeSpec,
     check_node_id,
     check_weight,
     clean_endpoint,
     clean_zone,
 )
-from dfms.ring import DRAINING, InvalidRing, RingBuilder, RingConflict, RingData
+from dfms.ring import DRAINING, RingBuilder, RingConflict, RingData
 from dfms.ring import store as ring_store
 from dfms.runtime.logs import get_logger
 from dfms.storage import NodeClient, StorageError
@@ -234,14 +233,12 @@ async def get_node(request: web.Request) -> web.Response:
 def _new_node(doc: dict[str, Any]) -> NodeSpec:
     """The node of a request body, by the rules of ``dfms.nodes`` (shared with the CLI)."""
     only_fields(doc, NODE_FIELDS)
-    try:
-        node_id = check_node_id(field(doc, "id", str))
-        endpoint = clean_endpoint(field(doc, "endpoint", str))
-        zone = clean_zone(field(doc, "zone", str))
-        weight = field(doc, "weight", (int, float), required=False)
-        return NodeSpec(node_id, endpoint, zone, check_weight(1.0 if weight is None else weight))
-    except InvalidNode as exc:
-        raise bad_request("validation_error", str(exc)) from None
+    # An InvalidNode is answered by the error table: 400 validation_error.
+    node_id = check_node_id(field(doc, "id", str))
+    endpoint = clean_endpoint(field(doc, "endpoint", str))
+    zone = clean_zone(field(doc, "zone", str))
+    weight = field(doc, "weight", (int, float), required=False)
+    return NodeSpec(node_id, endpoint, zone, check_weight(1.0 if weight is None else weight))
 
 
 async def _ring_change(pool: asyncpg.Pool,
@@ -252,15 +249,17 @@ async def _ring_change(pool: asyncpg.Pool,
     ``change`` edits node rows and saves the next ring with ``dfms.ring.save``;
     on ``RingConflict`` all of it is rolled back and tried once more.
     """
-    for attempt in range(2):
+    attempt = 1
+    while True:
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await adm.lock_ring(conn)
                 return await change(conn, await ring_store.load_latest(conn))
         except RingConflict as exc:
-            log.warning("ring conflict", extra={"attempt": attempt + 1, "error": str(exc)})
-    raise conflict("ring_conflict",
-                   "the ring was changed concurrently by another writer; retry the request")
+            log.warning("ring conflict", extra={"attempt": attempt, "error": str(exc)})
+            if attempt == 2:
+                raise  # the error table answers 409 ring_conflict
+            attempt += 1
 
 
 async def _save(conn: Connection, builder: RingBuilder) -> RingData:
@@ -313,11 +312,8 @@ def _ring_with(ring: RingData | None, node_id: str, zone: str, weight: float) ->
     if ring is not None and any(m.node_id == node_id for m in ring.members):
         raise _node_exists(node_id)
     builder = RingBuilder(ring)
-    try:
-        builder.add_node(node_id, zone, weight)
-        return builder.build()
-    except InvalidRing as exc:
-        raise bad_request("validation_error", str(exc)) from None
+    builder.add_node(node_id, zone, weight)  # InvalidRing: 400 validation_error (error table)
+    return builder.build()
 
 
 def _node_exists(node_id: str) -> ApiError:

@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from dfms.auth import accounts, refresh
-from dfms.auth.errors import AuthenticationFailed, AuthError, EmailTaken, InvalidInput
+from dfms.auth.errors import AuthError
 from dfms.auth.metrics import record
 from dfms.auth.passwords import Argon2Params, dummy_hash_async
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, TOKENS_KEY
-from dfms.gateway.errors import ApiError, bad_request, conflict, not_found, unauthorized
+from dfms.gateway.errors import not_found
 from dfms.gateway.http import field, only_fields, read_json
 from dfms.gateway.security import authenticate
 
@@ -27,24 +27,14 @@ FLAT_TOKEN_FIELDS = ("access_token", "refresh_token", "token_type", "expires_in"
 _EVENT_BY_CODE = {"refresh_token_reused": "refresh_reused", "account_disabled": "login_disabled"}
 
 
-def _api_error(exc: AuthError) -> ApiError:
-    if isinstance(exc, InvalidInput):
-        return bad_request(exc.code, exc.message)
-    if isinstance(exc, EmailTaken):
-        return conflict(exc.code, exc.message)
-    if isinstance(exc, AuthenticationFailed):
-        return unauthorized(exc.message, code=exc.code)
-    return ApiError(500, "internal_error", "unexpected authentication failure")
-
-
 @contextmanager
 def _outcome(action: str) -> Iterator[None]:
-    """Count ``<action>_ok`` or the failure event, and turn auth errors into API errors."""
+    """Count ``<action>_ok`` or the failure event; the error table answers auth errors."""
     try:
         yield
     except AuthError as exc:
         record(_EVENT_BY_CODE.get(exc.code, f"{action}_failed"))
-        raise _api_error(exc) from None
+        raise
     record(f"{action}_ok")
 
 

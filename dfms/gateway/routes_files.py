@@ -15,15 +15,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from dfms.chunkservice.errors import (
-    ChecksumMismatch,
-    ChunkBeingSwept,
-    ChunkServiceError,
-    ChunkUnavailable,
-    InvalidRequest,
-    QuorumNotReached,
-    UploadTooLarge,
-)
+from dfms.chunkservice.errors import ChunkServiceError, ChunkUnavailable, UploadTooLarge
 from dfms.chunkservice.pipeline import UploadSummary
 from dfms.errors import DependencyUnavailable
 from dfms.events.outbox import emit
@@ -38,7 +30,7 @@ from dfms.gateway.commit import (
     quota_error,
 )
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY, path_param
-from dfms.gateway.errors import ApiError, bad_request, not_found
+from dfms.gateway.errors import ApiError, IncompleteBody, bad_request, not_found
 from dfms.gateway.http import bool_param, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
 from dfms.gateway.middleware import request_id
@@ -54,10 +46,6 @@ from dfms.runtime.logs import get_logger
 log = get_logger("gateway.files")
 
 READ_SIZE = 256 * 1024
-
-
-class BodyFailed(Exception):
-    """The request body broke off or stalled; the upload must not be committed."""
 
 
 @dataclass
@@ -90,11 +78,11 @@ async def _idle_guarded(read: Any, idle_s: float) -> AsyncIterator[bytes]:
             async with asyncio.timeout(idle_s):
                 frame = await read()
         except TimeoutError as exc:
-            raise BodyFailed(f"the request body stalled for {idle_s:.0f}s") from exc
+            raise IncompleteBody(f"the request body stalled for {idle_s:.0f}s") from exc
         except (OSError, ValueError, web.HTTPException) as exc:
-            raise BodyFailed(f"the request body broke off: {exc}") from exc
+            raise IncompleteBody(f"the request body broke off: {exc}") from exc
         except Exception as exc:  # aiohttp's payload errors (ContentLengthError, ...)
-            raise BodyFailed(f"the request body broke off: {exc}") from exc
+            raise IncompleteBody(f"the request body broke off: {exc}") from exc
         if not frame:
             return
         yield frame
@@ -150,28 +138,6 @@ class _Sniffer:
             if len(self.head) < SNIFF_BYTES:
                 self.head += frame[:SNIFF_BYTES - len(self.head)]
             yield frame
-
-
-def _storage_error(exc: Exception, limit: int) -> ApiError:
-    if isinstance(exc, UploadTooLarge):
-        return ApiError(413, "payload_too_large", f"uploads are limited to {limit} bytes")
-    if isinstance(exc, ChecksumMismatch):
-        return ApiError(422, "checksum_mismatch", str(exc))
-    if isinstance(exc, InvalidRequest):
-        return bad_request("invalid_upload", str(exc))
-    if isinstance(exc, ChunkBeingSwept):
-        return ApiError(503, "storage_unavailable",
-                        "a chunk of this upload is being removed by the garbage collector; "
-                        "send it again shortly", {"Retry-After": "5"})
-    if isinstance(exc, QuorumNotReached):
-        return ApiError(503, "storage_unavailable",
-                        "not enough storage nodes accepted the data; try again later",
-                        {"Retry-After": "5"})
-    if isinstance(exc, DependencyUnavailable):
-        return ApiError(503, "storage_unavailable",
-                        "the storage service is unavailable; try again later",
-                        {"Retry-After": "5"})
-    return ApiError(502, "storage_error", "the storage layer failed")
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -231,19 +197,17 @@ async def store_stream(request: web.Request, owner: uuid.UUID, frames: AsyncIter
         summary = await request.app[CHUNKS_KEY].upload(
             aiter(sniffer), upload_id=request_id(request), owner_id=str(owner),
             max_size=cap if cap > 0 else -1, expected_sha256=expected_sha256)
-    except BodyFailed as exc:
+    except IncompleteBody as exc:  # answered by the error table (400 incomplete_body)
         log.info("upload aborted", extra={"reason": str(exc)})
-        raise bad_request("incomplete_body", str(exc)) from None
+        raise
     except UploadTooLarge as exc:
         if room is not None and cap == room and room < limit:
             quota = await lc.quota_bytes(request.app[PG_KEY], owner,
                                          request.app[CONFIG_KEY].lifecycle)
             raise quota_error(quota) from exc
-        raise _storage_error(exc, limit) from exc
-    except (ChunkServiceError, DependencyUnavailable) as exc:
-        if isinstance(exc.__cause__, BodyFailed) or "request body" in str(exc):
-            raise bad_request("incomplete_body", str(exc)) from None
-        raise _storage_error(exc, limit) from exc
+        raise ApiError(413, "payload_too_large",
+                       f"uploads are limited to {limit} bytes") from exc
+    # Any other chunk-service or dependency failure is answered by the error table.
     return summary, sniffer.head
 
 

@@ -1,0 +1,94 @@
+"""One table from the DFMS exception tree to HTTP answers, for the error middleware.
+
+Like ``dfms.chunkservice.status`` does for gRPC: an exception is looked up along its
+MRO, so the most specific entry wins (``InvalidCredentials`` before
+``AuthenticationFailed`` before ``AuthError``). An ``ApiError`` carries its own
+answer; anything not in the table is a 500 ``internal_error``. Handlers raise domain
+errors (or let them through) and only build an ``ApiError`` where the answer depends
+on the request (a limit, a quota, a byte range).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from dfms.auth import errors as auth
+from dfms.auth.tokens import InvalidToken
+from dfms.chunkservice import errors as chunks
+from dfms.errors import DependencyUnavailable
+from dfms.gateway.errors import ApiError, IncompleteBody
+from dfms.nodes import InvalidNode
+from dfms.ring.errors import InvalidRing, RingConflict
+
+_BEARER = MappingProxyType({"WWW-Authenticate": 'Bearer realm="dfms"'})
+_RETRY = MappingProxyType({"Retry-After": "5"})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """Status, stable code, message (``None``: the exception's own text) and headers."""
+
+    status: int
+    code: str
+    message: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def error(self, exc: BaseException) -> ApiError:
+        return ApiError(self.status, self.code,
+                        str(exc) if self.message is None else self.message, self.headers)
+
+
+INTERNAL = HttpAnswer(500, "internal_error", "the server failed to handle this request")
+
+ANSWERS: Mapping[type[BaseException], HttpAnswer] = MappingProxyType({
+    # the request
+    IncompleteBody: HttpAnswer(400, "incomplete_body"),
+    InvalidNode: HttpAnswer(400, "validation_error"),
+    InvalidRing: HttpAnswer(400, "validation_error"),
+    # accounts and tokens: the code is the error's own ``code``
+    auth.AuthError: HttpAnswer(500, "internal_error", "unexpected authentication failure"),
+    auth.InvalidInput: HttpAnswer(400, auth.InvalidInput.code),
+    auth.InvalidEmail: HttpAnswer(400, auth.InvalidEmail.code),
+    auth.WeakPassword: HttpAnswer(400, auth.WeakPassword.code),
+    auth.EmailTaken: HttpAnswer(409, auth.EmailTaken.code),
+    auth.AuthenticationFailed: HttpAnswer(401, auth.AuthenticationFailed.code, None, _BEARER),
+    auth.InvalidCredentials: HttpAnswer(401, auth.InvalidCredentials.code, None, _BEARER),
+    auth.AccountDisabled: HttpAnswer(401, auth.AccountDisabled.code, None, _BEARER),
+    auth.InvalidRefreshToken: HttpAnswer(401, auth.InvalidRefreshToken.code, None, _BEARER),
+    auth.RefreshTokenReused: HttpAnswer(401, auth.RefreshTokenReused.code, None, _BEARER),
+    InvalidToken: HttpAnswer(401, "invalid_token", None, _BEARER),
+    # the ring
+    RingConflict: HttpAnswer(409, "ring_conflict", "the ring was changed concurrently by "
+                             "another writer; retry the request"),
+    # the chunk service (uploads; a download maps its failures itself: headers are out)
+    chunks.ChunkServiceError: HttpAnswer(502, "storage_error", "the storage layer failed"),
+    chunks.ChecksumMismatch: HttpAnswer(422, "checksum_mismatch"),
+    chunks.InvalidRequest: HttpAnswer(400, "invalid_upload"),
+    chunks.ChunkUnavailable: HttpAnswer(503, "content_unavailable"),
+    chunks.ChunkBeingSwept: HttpAnswer(
+        503, "storage_unavailable", "a chunk of this upload is being removed by the garbage "
+        "collector; send it again shortly", _RETRY),
+    chunks.QuorumNotReached: HttpAnswer(
+        503, "storage_unavailable", "not enough storage nodes accepted the data; "
+        "try again later", _RETRY),
+    DependencyUnavailable: HttpAnswer(
+        503, "storage_unavailable", "the storage service is unavailable; try again later",
+        _RETRY),
+})
+
+
+def answer_for(exc: BaseException) -> HttpAnswer | None:
+    """The table's entry for ``exc``'s most specific class, or ``None``."""
+    for cls in type(exc).__mro__:
+        if cls in ANSWERS:
+            return ANSWERS[cls]
+    return None
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """The HTTP answer to ``exc``: its own, the table's, or 500 ``internal_error``."""
+    if isinstance(exc, ApiError):
+        return exc
+    return (answer_for(exc) or INTERNAL).error(exc)
