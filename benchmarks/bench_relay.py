@@ -135,8 +135,8 @@ def main() -> None:
     base = make_data_dir("dfms-bench-")
     cluster = ClusterHandle(data_dir=base / "cluster")
     cluster.data_dir.mkdir()
-    cluster.start()
     try:
+        cluster.start()
         asyncio.run(bench(cluster, args.events))
     finally:
         cluster.stop()
