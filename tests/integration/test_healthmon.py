@@ -18,14 +18,13 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from prometheus_client.parser import text_string_to_metric_families
 
 from dfms.healthmon.probe import PROBE_PREFIX, probe_key, probe_node, probe_s3_config
 from dfms.healthmon.service import HealthMonitor
 from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient
 from tests.support.api import Api, ApiUser
-from tests.support.cluster import ClusterHandle
+from tests.support.cluster import ClusterHandle, chunk_service_puts
 from tests.support.probe import make_admin
 
 VICTIM = "node-2"
@@ -64,28 +63,17 @@ async def control_processes(cluster: ClusterHandle) -> dict[str, Any]:
         return dict(await resp.json())
 
 
-async def victim_puts(cluster: ClusterHandle) -> float:
-    """How many PUTs the chunk service has sent to the victim node so far."""
-    url = cluster.info["services"]["chunk-service"]["ops_url"]
-    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == "dfms_s3_requests_total"
-               and sample.labels.get("node") == VICTIM and sample.labels.get("op") == "put")
-
-
 async def wait_for_chunk_service(cluster: ClusterHandle, api: Api, user: ApiUser, *,
                                  writes_victim: bool) -> None:
     """Upload until the chunk service writes to the victim (or stops trying): the proof
     that it re-read the node's health. Every upload must succeed either way."""
     deadline = time.monotonic() + cluster.config.chunk_service.node_refresh_interval_s * 3
     while True:
-        before = await victim_puts(cluster)
+        before = await chunk_service_puts(cluster, VICTIM)
         status, body = await api.upload(user, f"hm-{uuid.uuid4().hex[:8]}.bin",
                                         os.urandom(4096))
         assert status == 201, body
-        tried = await victim_puts(cluster) > before
+        tried = await chunk_service_puts(cluster, VICTIM) > before
         if tried == writes_victim:
             return
         assert time.monotonic() < deadline, f"chunk service never saw {VICTIM} change"

@@ -23,14 +23,12 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dfms.healthmon.service import HealthMonitor
 from dfms.replication.manager import ReplicationManager
 from tests.probe.conftest import ClusterFactory
-from tests.support.cluster import ClusterHandle
+from tests.support.cluster import ClusterHandle, chunk_service_puts
 from tests.support.probe import KIB, MIB, Probe, replication_config, wait_until
 
 VICTIM = "node-3"
@@ -47,17 +45,6 @@ async def node_events(probe: Probe, first_id: int) -> list[dict[str, Any]]:
                                 "'dfms.nodes' AND type = 'node.health_changed' ORDER BY id",
                                 first_id)
     return [{"key": r["key"], **json.loads(r["payload"])} for r in rows]
-
-
-async def failed_puts(cluster: ClusterHandle) -> float:
-    """PUT attempts of the chunk service to the victim that failed (its metrics)."""
-    url = cluster.info["services"]["chunk-service"]["ops_url"]
-    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == "dfms_s3_requests_total" and sample.labels.get("op") == "put"
-               and sample.labels.get("node") == VICTIM and sample.labels.get("outcome") != "ok")
 
 
 def chunk_service_lines(cluster: ClusterHandle, pattern: str) -> list[str]:
@@ -106,7 +93,7 @@ async def check_the_chunk_service_marked_it(cluster: ClusterHandle, probe: Probe
     assert len(summaries) <= elapsed_s / 10 + 1, summaries
     warnings = chunk_service_lines(cluster, f"WARNING.*{VICTIM}")
     assert len(warnings) == 2 + len(summaries), warnings
-    assert await failed_puts(cluster) >= 10 > len(warnings)
+    assert await chunk_service_puts(cluster, VICTIM, failed_only=True) >= 10 > len(warnings)
     assert "writing a replica failed" not in cluster.log_text()
 
 

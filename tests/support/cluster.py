@@ -1,5 +1,24 @@
 """The cluster handle tests use (it lives in the package so benchmarks share it)."""
 
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from dfms.localstack.handle import ClusterHandle, attach, make_data_dir, pid_alive
 
-__all__ = ["ClusterHandle", "attach", "make_data_dir", "pid_alive"]
+__all__ = ["ClusterHandle", "attach", "chunk_service_puts", "make_data_dir", "pid_alive"]
+
+
+async def chunk_service_puts(cluster: ClusterHandle, node: str, *, failed_only: bool = False
+                             ) -> float:
+    """PUTs the cluster's chunk service has sent to ``node`` so far (from its metrics);
+    with ``failed_only``, those whose outcome was not ok."""
+    url = cluster.info["services"]["chunk-service"]["ops_url"]
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "dfms_s3_requests_total" and sample.labels.get("op") == "put"
+               and sample.labels.get("node") == node
+               and not (failed_only and sample.labels.get("outcome") == "ok"))
