@@ -40,11 +40,19 @@ class ProcessSpec:
 
 
 def _preexec(sig: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: die with ``sig`` when `dfms up` dies."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the window
+    parent = os.getpid()
+
     def setup() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
+        # Until exec the child has `dfms up`'s Python handler for ``sig``, which only
+        # sets a flag that exec then forgets: a parent death landing here would be lost,
+        # and the signal is sent once.
+        signal.signal(sig, signal.SIG_DFL)
         libc.prctl(_PR_SET_PDEATHSIG, sig)
-        # The parent may have died between fork and prctl.
-        if os.getppid() == 1:
+        # The parent may have died between fork and prctl: the child then belongs to
+        # init or to a subreaper, so compare with the parent's pid, not with 1.
+        if os.getppid() != parent:
             os.kill(os.getpid(), sig)
     return setup
 

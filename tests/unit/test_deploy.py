@@ -47,6 +47,7 @@ from dfms.config import ENV_CONFIG_PATH, ENV_PREFIX, Config, load_config
 from dfms.errors import ConfigError
 from dfms.gateway.client_address import parse_networks
 from dfms.localstack.cluster import SERVICES
+from tests.support.source import parse_source
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -967,7 +968,7 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     found: dict[str, frozenset[str]] = {}
     for root in sorted(roots):
         for path in sorted((REPO / root).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for node in ast.walk(parse_source(path.read_text(), str(path))):
                 if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                         and node.func.id in _METRIC_KINDS and node.args
                         and isinstance(node.args[0], ast.Constant)

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
+import subprocess
 import sys
 import time
 
 import aiohttp
 import pytest
 
-from dfms.localstack.supervisor import ProcessSpec, Supervisor
+from dfms.localstack.supervisor import ProcessSpec, Supervisor, _preexec
 from dfms.runtime.ops import OpsServer
 from dfms.runtime.service import EXIT_HUNG, HARD_EXIT_MARGIN_S, BackgroundService, PassStats
 from dfms.runtime.tasks import cancel_and_wait
@@ -235,3 +237,25 @@ async def test_cancel_and_wait_keeps_the_callers_own_cancellation() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await stopper()
+
+
+def test_a_parent_death_signal_between_fork_and_exec_is_not_lost() -> None:
+    """`dfms up` handles SIGTERM in Python; a forked child keeps that handler until exec,
+    and a parent-death signal it caught there would be forgotten by exec (so a broker
+    once outlived a killed `dfms up`). The child must die of it instead."""
+    setup = _preexec(signal.SIGTERM)
+
+    def setup_then_parent_dies() -> None:
+        setup()
+        os.kill(os.getpid(), signal.SIGTERM)  # what the kernel sends when the parent dies
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        proc = subprocess.Popen(["sleep", "30"], preexec_fn=setup_then_parent_dies)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()

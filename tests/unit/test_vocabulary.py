@@ -25,6 +25,7 @@ from pathlib import Path
 from dfms.events import topics
 from dfms.healthmon.state import Health
 from dfms.metadata.states import AdminState, ChunkState, ReplicaState
+from tests.support.source import parse_source
 
 ROOT = Path(__file__).resolve().parents[2]
 # The production packages (the five top-level folders are mapped to dfms.<name>).
@@ -58,7 +59,7 @@ def _sources() -> Iterator[tuple[str, ast.Module]]:
         for path in sorted((ROOT / top).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             if not rel.startswith(GENERATED):
-                yield rel, ast.parse(path.read_text(encoding="utf-8"), rel)
+                yield rel, parse_source(path.read_text(encoding="utf-8"), rel)
 
 
 def _str(node: ast.AST | None) -> str | None:
