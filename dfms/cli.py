@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from dfms import __version__
 from dfms.config import ENV_PREFIX, Config, dump_yaml, load_config, markdown_table, sample_yaml
-from dfms.errors import ConfigError, DependencyUnavailable, DfmsError, NoConfigError
+from dfms.errors import (
+    ConfigError,
+    DfmsError,
+    NoConfigError,
+    StorageUnavailable,
+)
 from dfms.nodes import (
     WEIGHT_RULE,
     InvalidNode,
@@ -367,7 +372,7 @@ async def _check_reachable(node: NodeSpec, cfg: Config) -> None:
         async with NodeClient(node.node_id, node.endpoint, cfg.s3) as client:
             await client.ping()
     except StorageError as exc:
-        raise DependencyUnavailable(f"node {node.node_id}: the S3 endpoint {node.endpoint} "
+        raise StorageUnavailable(f"node {node.node_id}: the S3 endpoint {node.endpoint} "
                                     f"did not answer: {exc}") from None
 
 

@@ -39,4 +39,26 @@ class MigrationError(DfmsError):
 
 
 class DependencyUnavailable(DfmsError):
-    """A dependency (database, cache, broker, node) could not be reached."""
+    """A dependency (database, cache, broker, node) could not be reached; the same
+    request may succeed once it is back. Each subclass names one dependency, and the
+    HTTP edge answers each with 503, ``Retry-After`` and its own stable code."""
+
+
+class MetadataUnavailable(DependencyUnavailable):
+    """PostgreSQL, which holds the metadata, is down, refusing or shutting down."""
+
+
+class ChunkServiceUnavailable(DependencyUnavailable):
+    """The chunk service cannot be reached."""
+
+
+class StorageUnavailable(DependencyUnavailable):
+    """Too few storage nodes answer: no write quorum, or no replica can be read."""
+
+
+class BrokerUnavailable(DependencyUnavailable):
+    """The Kafka-API broker cannot be reached."""
+
+
+class RateLimiterUnavailable(DependencyUnavailable):
+    """Redis, behind the rate limits, cannot be reached (and limits fail closed)."""

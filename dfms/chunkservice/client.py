@@ -13,11 +13,13 @@ from dfms.chunkservice.errors import ChunkServiceError
 from dfms.chunkservice.limits import GRPC_MESSAGE_LIMIT_BYTES
 from dfms.chunkservice.pipeline import ChunkEntry, UploadSummary
 from dfms.chunkservice.status import ERROR_TYPE_KEY, ERROR_TYPES
-from dfms.errors import DependencyUnavailable
+from dfms.errors import ChunkServiceUnavailable
 from dfms.proto import chunk_pb2 as pb
 from dfms.proto import chunk_pb2_grpc as pb_grpc
 
 DEFAULT_FRAME_BYTES = 1024 * 1024  # 1 MiB
+RECONNECT_BACKOFF_MIN_MS = 250
+RECONNECT_BACKOFF_MAX_MS = 2000  # 2 s: how late a returning chunk service is noticed, at most
 
 
 def _translate(err: grpc.aio.AioRpcError) -> Exception:
@@ -26,7 +28,7 @@ def _translate(err: grpc.aio.AioRpcError) -> Exception:
     if cls is not None:
         return cls(err.details() or "")
     if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return DependencyUnavailable(f"chunk service unreachable: {err.details()}")
+        return ChunkServiceUnavailable(f"chunk service unreachable: {err.details()}")
     return ChunkServiceError(f"chunk service failed: {err.code().name}: {err.details()}")
 
 
@@ -71,7 +73,12 @@ class ChunkClient:
         self._connect_timeout_s = connect_timeout_s
         self._channel = grpc.aio.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT_BYTES),
-            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT_BYTES)])
+            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT_BYTES),
+            # gRPC's default reconnect backoff grows to 120 s: a chunk service restarted
+            # after a minute away would be found up to two minutes late.
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MIN_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MIN_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS)])
         self._stub = pb_grpc.ChunkServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -90,6 +97,18 @@ class ChunkClient:
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from err
 
+    async def _connected(self) -> None:
+        """Wait up to the connect timeout for the channel; a streaming call made with
+        ``wait_for_ready`` and no deadline would otherwise wait for as long as the chunk
+        service is away, holding its HTTP request open."""
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self._channel.channel_ready()
+        except TimeoutError as exc:
+            raise ChunkServiceUnavailable(
+                f"the chunk service did not answer within {self._connect_timeout_s:g}s"
+            ) from exc
+
     async def upload(self, frames: AsyncIterable[bytes], *, upload_id: str = "",
                      owner_id: str = "", max_size: int = 0, expected_sha256: bytes = b"",
                      expected_size: int = -1) -> UploadSummary:
@@ -98,6 +117,7 @@ class ChunkClient:
 
         # The frames are read here, not by a gRPC task: when the call fails, nothing is
         # left reading ``frames`` (an HTTP request body, which allows one reader).
+        await self._connected()
         call = self._stub.Upload(wait_for_ready=True, timeout=None)
         try:
             await call.write(pb.UploadFrame(context=context))
@@ -126,6 +146,7 @@ class ChunkClient:
             assert chunks is not None
             request.chunks.chunks.extend(
                 pb.ChunkRef(sha256=c.sha256, offset=c.offset, size=c.size) for c in chunks)
+        await self._connected()
         call = self._stub.Download(request, wait_for_ready=True)
         try:
             async for frame in call:

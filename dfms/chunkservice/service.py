@@ -31,8 +31,8 @@ from dfms.chunkservice.status import ERROR_TYPE_KEY, status_for
 from dfms.chunkservice.store import ChunkStore
 from dfms.chunkservice.writepath import write_path
 from dfms.config import Config, chunker_params
-from dfms.errors import DependencyUnavailable
-from dfms.metadata.db import create_pool
+from dfms.errors import DependencyUnavailable, StorageUnavailable
+from dfms.metadata.db import create_pool, metadata_outage
 from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.proto import chunk_pb2 as pb
 from dfms.proto import chunk_pb2_grpc as pb_grpc
@@ -62,13 +62,23 @@ _REPLICAS_PER_NODE = ("SELECT node_id, count(*) FROM chunk_replicas "
                       f"WHERE state = '{ReplicaState.OK}' GROUP BY node_id")
 
 
+def _known(exc: Exception) -> Exception | None:
+    """``exc`` as an error the status table knows (a PostgreSQL outage becomes
+    MetadataUnavailable), or None for a bug."""
+    if isinstance(exc, (ChunkServiceError, DependencyUnavailable)):
+        return exc
+    return metadata_outage(exc)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
-    code = status_for(exc)
-    if code is None:
-        raise exc
+    """End the call with the status of ``exc``; re-raise ``exc`` if it is not known."""
+    known = _known(exc)
+    code = None if known is None else status_for(known)
+    if known is None or code is None:
+        raise exc  # a bug: grpc answers UNKNOWN and logs it
     RPC_ERRORS.labels(rpc, code.name).inc()
-    context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
-    await context.abort(code, str(exc))
+    context.set_trailing_metadata(((ERROR_TYPE_KEY, type(known).__name__),))
+    await context.abort(code, str(known))
 
 
 def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -78,7 +88,7 @@ def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             with RPC_SECONDS.labels(rpc).time():
                 try:
                     return await handler(self, request, context)
-                except (ChunkServiceError, DependencyUnavailable) as exc:
+                except Exception as exc:  # known ones become a status, others re-raise
                     await _abort(context, rpc, exc)
                     raise AssertionError("abort returned") from exc
         return run
@@ -146,7 +156,7 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
                         frame_size=self._cfg.frame_size_bytes):
                     DOWNLOAD_BYTES.inc(len(piece))
                     yield pb.DownloadFrame(data=piece)
-            except (ChunkServiceError, DependencyUnavailable) as exc:
+            except Exception as exc:  # known ones become a status, others re-raise
                 await _abort(context, "Download", exc)
 
     async def _manifest(self, request: pb.DownloadRequest) -> list[ChunkEntry]:
@@ -260,6 +270,6 @@ class ChunkService(Service):
             path = write_path(self._placement.ring.active_node_ids, self._placement.is_up,
                               self.config.replication.write_quorum_w)
             if not path.writable:
-                raise DependencyUnavailable(path.detail)
+                raise StorageUnavailable(path.detail)
 
         return {"postgres": postgres, "ring": placement}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from dfms import errors as deps
 from dfms.chunkservice import errors as e
-from dfms.errors import DependencyUnavailable
 
 STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     e.QuorumNotReached: grpc.StatusCode.UNAVAILABLE,
@@ -16,7 +16,11 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     e.ManifestNotFound: grpc.StatusCode.NOT_FOUND,
     e.NoRing: grpc.StatusCode.FAILED_PRECONDITION,
     e.ChunkBeingSwept: grpc.StatusCode.UNAVAILABLE,  # retryable: the sweep finishes
-    DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
+    # Each dependency by name, so that the client rebuilds which one is away.
+    deps.DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
+    deps.MetadataUnavailable: grpc.StatusCode.UNAVAILABLE,
+    deps.StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    deps.BrokerUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 # The error type travels in trailing metadata so the client can rebuild it exactly.

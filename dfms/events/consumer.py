@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from dfms.config import Config
-from dfms.errors import DependencyUnavailable
+from dfms.errors import BrokerUnavailable
 from dfms.events.envelope import Event, MalformedEvent, decode_event, dump_json
 from dfms.events.topics import DEAD_LETTER_TOPIC, start_producer
 from dfms.metadata.db import Connection, create_pool
@@ -152,7 +152,7 @@ class EventConsumer(Service):
         try:
             await consumer.start()
         except KafkaError as exc:
-            raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
+            raise BrokerUnavailable(f"Kafka unreachable: {exc}") from exc
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
 

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from dfms.config import KafkaConfig
-from dfms.errors import DependencyUnavailable
+from dfms.errors import BrokerUnavailable
 
 CHUNKS_TOPIC = "dfms.chunks"
 FILES_TOPIC = "dfms.files"
@@ -40,7 +40,7 @@ async def ensure_topics(cfg: KafkaConfig, *, wait_s: float = 0.0) -> list[str]:
     ``kafka.topic_replication_factor`` replicas); returns the names this call created.
 
     An unreachable broker, or one that refuses a topic (e.g. fewer brokers than the
-    replication factor), raises ``DependencyUnavailable`` naming why. With ``wait_s``
+    replication factor), raises ``BrokerUnavailable`` naming why. With ``wait_s``
     the attempt is repeated until it succeeds or ``wait_s`` seconds have passed: the
     brokers of a new cluster come up one by one. Topics that exist are left as they
     are, whatever their replication.
@@ -49,7 +49,7 @@ async def ensure_topics(cfg: KafkaConfig, *, wait_s: float = 0.0) -> list[str]:
     while True:
         try:
             return await _create_missing(cfg)
-        except DependencyUnavailable:
+        except BrokerUnavailable:
             if time.monotonic() + RETRY_INTERVAL_S > deadline:
                 raise
         await asyncio.sleep(RETRY_INTERVAL_S)
@@ -68,7 +68,7 @@ async def _create_missing(cfg: KafkaConfig) -> list[str]:
             NewTopic(t, num_partitions=cfg.topic_partitions,
                      replication_factor=cfg.topic_replication_factor) for t in missing])
     except KafkaError as exc:
-        raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
+        raise BrokerUnavailable(f"Kafka unreachable: {exc}") from exc
     finally:
         await admin.close()
     return _created(response.topic_errors, cfg.topic_replication_factor)
@@ -86,7 +86,7 @@ def _created(topic_errors: Iterable[tuple[Any, ...]], replication_factor: int) -
             detail = f": {message[0]}" if message and message[0] else ""
             refused.append(f"{topic} ({error.__name__}{detail})")
     if refused:
-        raise DependencyUnavailable(
+        raise BrokerUnavailable(
             f"Kafka refused to create topic(s) with replication factor {replication_factor}: "
             + "; ".join(refused))
     return created

@@ -14,16 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from dfms import errors as deps
 from dfms.auth import errors as auth
 from dfms.auth.tokens import InvalidToken
 from dfms.chunkservice import errors as chunks
-from dfms.errors import DependencyUnavailable
 from dfms.gateway.errors import ApiError, IncompleteBody
+from dfms.metadata.db import metadata_outage
 from dfms.nodes import InvalidNode
 from dfms.ring.errors import InvalidRing, RingConflict
 
 _BEARER = MappingProxyType({"WWW-Authenticate": 'Bearer realm="dfms"'})
 _RETRY = MappingProxyType({"Retry-After": "5"})
+_RETRY_SOON = MappingProxyType({"Retry-After": "1"})  # the rate limiter retries Redis each second
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +68,39 @@ ANSWERS: Mapping[type[BaseException], HttpAnswer] = MappingProxyType({
     chunks.ChunkServiceError: HttpAnswer(502, "storage_error", "the storage layer failed"),
     chunks.ChecksumMismatch: HttpAnswer(422, "checksum_mismatch"),
     chunks.InvalidRequest: HttpAnswer(400, "invalid_upload"),
-    chunks.ChunkUnavailable: HttpAnswer(503, "content_unavailable"),
+    chunks.ChunkUnavailable: HttpAnswer(503, "content_unavailable", None, _RETRY),
     chunks.ChunkBeingSwept: HttpAnswer(
         503, "storage_unavailable", "a chunk of this upload is being removed by the garbage "
         "collector; send it again shortly", _RETRY),
     chunks.QuorumNotReached: HttpAnswer(
         503, "storage_unavailable", "not enough storage nodes accepted the data; "
         "try again later", _RETRY),
-    DependencyUnavailable: HttpAnswer(
-        503, "storage_unavailable", "the storage service is unavailable; try again later",
+    # dependency outages: 503, a code naming what is down, never an address or a secret
+    deps.DependencyUnavailable: HttpAnswer(
+        503, "service_unavailable", "a service DFMS depends on is unavailable; try again "
+        "later", _RETRY),
+    deps.MetadataUnavailable: HttpAnswer(
+        503, "metadata_unavailable", "the metadata database is unavailable; try again "
+        "later", _RETRY),
+    deps.ChunkServiceUnavailable: HttpAnswer(
+        503, "chunk_service_unavailable", "the chunk service is unavailable; try again "
+        "later", _RETRY),
+    deps.StorageUnavailable: HttpAnswer(
+        503, "storage_unavailable", "too few storage nodes are available; try again later",
         _RETRY),
+    deps.RateLimiterUnavailable: HttpAnswer(
+        503, "rate_limiter_unavailable", "the rate limiter is unavailable; try again "
+        "shortly", _RETRY_SOON),
 })
 
 
 def answer_for(exc: BaseException) -> HttpAnswer | None:
-    """The table's entry for ``exc``'s most specific class, or ``None``."""
+    """The table's entry for ``exc``'s most specific class, or ``None``.
+
+    A database driver's error that means PostgreSQL is away counts as
+    ``MetadataUnavailable``: handlers let such errors through, the edge names them.
+    """
+    exc = metadata_outage(exc) or exc
     for cls in type(exc).__mro__:
         if cls in ANSWERS:
             return ANSWERS[cls]

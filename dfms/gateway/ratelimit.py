@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from dfms.auth.tokens import InvalidToken, TokenService
 from dfms.config import RateLimitConfig
+from dfms.errors import RateLimiterUnavailable
 from dfms.gateway.client_address import request_client_address
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, REDIS_KEY, TOKENS_KEY
 from dfms.gateway.errors import ApiError
@@ -318,9 +319,7 @@ async def ratelimit_middleware(request: web.Request,
             DECISIONS.labels(cls, "fail_open").inc()
             return await handler(request)
         DECISIONS.labels(cls, "fail_closed").inc()
-        raise ApiError(503, "rate_limiter_unavailable",
-                       "the rate limiter is unavailable; try again shortly",
-                       {"Retry-After": str(math.ceil(BACKOFF_S))}) from None
+        raise RateLimiterUnavailable("Redis unreachable") from None
     headers = rate_headers(decision)
     if not decision.allowed:
         DECISIONS.labels(cls, "denied").inc()

@@ -30,6 +30,7 @@ from dfms.gateway.commit import (
     quota_error,
 )
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY, path_param
+from dfms.gateway.error_table import api_error
 from dfms.gateway.errors import ApiError, IncompleteBody, bad_request, not_found
 from dfms.gateway.http import bool_param, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
@@ -333,9 +334,12 @@ async def _stream(request: web.Request, row: ns.FileRow, headers: dict[str, str]
         try:
             head_piece = await anext(first, b"")
         except ChunkUnavailable as exc:
-            raise ApiError(503, "content_unavailable", str(exc)) from exc
-        except (ChunkServiceError, DependencyUnavailable) as exc:
-            raise ApiError(503, "storage_unavailable", str(exc)) from exc
+            raise api_error(exc) from exc
+        except DependencyUnavailable:
+            raise  # answered by the error table: which dependency is away
+        except ChunkServiceError as exc:
+            raise ApiError(503, "storage_unavailable", "the content cannot be read now; "
+                           "try again later", {"Retry-After": "5"}) from exc
     await resp.prepare(request)
     if request.method == "HEAD" or not row.size:
         await resp.write_eof()

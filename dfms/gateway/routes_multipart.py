@@ -241,9 +241,11 @@ async def _content_sha256(request: web.Request, entries: list[tuple[bytes, int, 
             if len(head) < 4096:
                 head += piece[:4096 - len(head)]
             digest.update(piece)
-    except (ChunkServiceError, DependencyUnavailable) as exc:
-        raise ApiError(503, "storage_unavailable", f"reading the parts back failed: {exc}") \
-            from exc
+    except DependencyUnavailable:
+        raise  # answered by the error table: which dependency is away
+    except ChunkServiceError as exc:
+        raise ApiError(503, "storage_unavailable", f"reading the parts back failed: {exc}",
+                       {"Retry-After": "5"}) from exc
     return digest.digest(), head
 
 

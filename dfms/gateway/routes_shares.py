@@ -72,8 +72,10 @@ from dfms.auth.passwords import (
     verify_password_async,
 )
 from dfms.auth.share_tokens import ShareTokens, load_or_create_secret, token_hash
+from dfms.errors import RateLimiterUnavailable
 from dfms.gateway.client_address import request_client_address
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, REDIS_KEY
+from dfms.gateway.error_table import api_error
 from dfms.gateway.errors import ApiError, bad_request, not_found
 from dfms.gateway.http import int_param, only_fields, parse_uuid, read_json
 from dfms.gateway.ratelimit import SlidingWindowLimiter
@@ -278,9 +280,9 @@ async def _guarded(request: web.Request, what: str, call: Any) -> Any:
                            "fail_open": cfg.ratelimit.fail_open})
         if cfg.ratelimit.fail_open:
             return None
-        raise ApiError(503, "rate_limiter_unavailable",
-                       "the rate limiter is unavailable; try again shortly",
-                       {**NO_STORE, "Retry-After": "1"}) from None
+        answer = api_error(RateLimiterUnavailable("Redis unreachable"))
+        raise ApiError(answer.status, answer.code, answer.message,
+                       {**NO_STORE, **answer.headers}) from None
 
 
 async def _check_password(request: web.Request, row: shares.ShareRow) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from dfms.config import PostgresConfig
-from dfms.errors import DependencyUnavailable
+from dfms.errors import MetadataUnavailable
 
 # A connection of its own (asyncpg.connect) or one borrowed from a pool (pool.acquire()):
 # the same API, but a pool's is a proxy, not an asyncpg.Connection.
@@ -20,7 +21,7 @@ async def connect(cfg: PostgresConfig) -> asyncpg.Connection:
         return await asyncpg.connect(cfg.dsn, timeout=cfg.connect_timeout_s,
                                      command_timeout=cfg.command_timeout_s)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+        raise MetadataUnavailable(f"PostgreSQL unreachable: {exc}") from exc
 
 
 async def create_pool(cfg: PostgresConfig) -> asyncpg.Pool:
@@ -30,6 +31,40 @@ async def create_pool(cfg: PostgresConfig) -> asyncpg.Pool:
                                          timeout=cfg.connect_timeout_s,
                                          command_timeout=cfg.command_timeout_s)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+        raise MetadataUnavailable(f"PostgreSQL unreachable: {exc}") from exc
     assert pool is not None
     return pool
+
+
+# PostgreSQL's own "not now" answers: the connection failed or broke (class 08), the
+# server is shutting down, starting up or cancelled the statement (57), or it is out of
+# connections or memory (53).
+_OUTAGE_TYPES = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+                 asyncpg.exceptions.InsufficientResourcesError)
+# Errors that mean an outage only when asyncpg raised them (a refused or reset socket, a
+# command_timeout); elsewhere they may be anything.
+_OUTAGE_IF_FROM_ASYNCPG = (OSError, TimeoutError)
+
+
+def metadata_outage(exc: BaseException) -> MetadataUnavailable | None:
+    """``exc`` as a MetadataUnavailable if it says PostgreSQL is away, else None.
+
+    For the boundaries (the HTTP edge, the chunk service's gRPC edge): handlers let
+    asyncpg's errors through, and only the edge decides they are an outage.
+    """
+    if isinstance(exc, MetadataUnavailable):
+        return exc
+    if not (isinstance(exc, _OUTAGE_TYPES) or (isinstance(exc, _OUTAGE_IF_FROM_ASYNCPG)
+                                               and _raised_in_asyncpg(exc.__traceback__))):
+        return None
+    found = MetadataUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}")
+    found.__cause__ = exc
+    return found
+
+
+def _raised_in_asyncpg(tb: TracebackType | None) -> bool:
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False

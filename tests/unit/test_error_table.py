@@ -88,8 +88,8 @@ def test_the_lookup_follows_the_mro_most_specific_first() -> None:
     odd = api_error(OddChunkFailure("?"))
     assert (odd.status, odd.code, odd.message) == (502, "storage_error",
                                                    "the storage layer failed")
-    down = api_error(DependencyUnavailable("chunk service unreachable"))
-    assert (down.status, down.code) == (503, "storage_unavailable")
+    down = api_error(DependencyUnavailable("something unreachable"))
+    assert (down.status, down.code) == (503, "service_unavailable")
     body = api_error(IncompleteBody("the request body stalled for 30s"))
     assert (body.status, body.code, body.message) == (
         400, "incomplete_body", "the request body stalled for 30s")

@@ -1,0 +1,115 @@
+"""A dependency outage is named at the edges: PostgreSQL's failures become
+MetadataUnavailable, an unreachable chunk service ChunkServiceUnavailable, and the
+gateway answers each with 503, ``Retry-After`` and its own code, never an address.
+
+Real sockets, no servers: a loopback port nobody listens on refuses at once.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from dfms import errors as deps
+from dfms.chunkservice.client import ChunkClient
+from dfms.chunkservice.errors import ChunkServiceError
+from dfms.chunkservice.status import ERROR_TYPES
+from dfms.gateway.error_table import ANSWERS, api_error
+from dfms.gateway.middleware import error_middleware, request_id_middleware
+from dfms.metadata.db import metadata_outage
+
+CODES = {deps.MetadataUnavailable: "metadata_unavailable",
+         deps.ChunkServiceUnavailable: "chunk_service_unavailable",
+         deps.StorageUnavailable: "storage_unavailable",
+         deps.RateLimiterUnavailable: "rate_limiter_unavailable",
+         deps.BrokerUnavailable: "service_unavailable",
+         deps.DependencyUnavailable: "service_unavailable"}
+
+
+def closed_port() -> int:
+    """A loopback port that was just free: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def refused_by_postgres() -> BaseException:
+    try:
+        await asyncpg.connect(f"postgresql://u:p@127.0.0.1:{closed_port()}/db", timeout=5)
+    except Exception as exc:
+        return exc
+    raise AssertionError("a closed port accepted a PostgreSQL connection")
+
+
+def test_every_dependency_answers_503_with_retry_after_and_its_code() -> None:
+    for cls, code in CODES.items():
+        err = api_error(cls("postgresql://dfms:s3cret@10.1.2.3:5432 refused"))
+        assert (err.status, err.code) == (503, code), cls.__name__
+        assert int(err.headers["Retry-After"]) >= 1, cls.__name__
+        # The message names the dependency, never the address or a secret in the cause.
+        assert "10.1.2.3" not in err.message and "s3cret" not in err.message, err.message
+    assert all(a.status != 502 for c, a in ANSWERS.items()
+               if issubclass(c, deps.DependencyUnavailable))
+
+
+async def test_postgres_refusing_is_an_outage_and_other_errors_are_not() -> None:
+    refused = await refused_by_postgres()
+    assert isinstance(refused, OSError)  # what asyncpg lets through from connect()
+    found = metadata_outage(refused)
+    assert isinstance(found, deps.MetadataUnavailable) and found.__cause__ is refused
+    for exc in (asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-operation"),
+                asyncpg.exceptions.AdminShutdownError("terminating connection"),
+                asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+                asyncpg.exceptions.TooManyConnectionsError("too many clients")):
+        assert isinstance(metadata_outage(exc), deps.MetadataUnavailable), exc
+    # The same kinds of error raised anywhere else, and PostgreSQL's answers about
+    # the request itself, are not outages.
+    for exc in (ConnectionRefusedError("not from asyncpg"), TimeoutError(),
+                asyncpg.exceptions.UniqueViolationError("duplicate key"),
+                asyncpg.InterfaceError("another operation is in progress"),
+                ValueError("x")):
+        assert metadata_outage(exc) is None, exc
+
+
+async def test_the_gateway_answers_a_refused_database_with_503_metadata_unavailable() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncpg.connect(f"postgresql://u:p@127.0.0.1:{closed_port()}/db", timeout=5)
+        raise AssertionError("unreachable")
+
+    app = web.Application(middlewares=[request_id_middleware, error_middleware])
+    app.router.add_get("/x", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/x")
+        body: dict[str, Any] = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "metadata_unavailable"
+        assert resp.headers["Retry-After"] == "5"
+        assert "127.0.0.1" not in body["error"]["message"]
+
+
+def test_the_chunk_service_sends_each_dependency_by_name() -> None:
+    for cls in (deps.MetadataUnavailable, deps.StorageUnavailable, deps.BrokerUnavailable,
+                deps.DependencyUnavailable):
+        assert ERROR_TYPES[cls.__name__] is cls
+
+
+async def _frames() -> AsyncIterator[bytes]:
+    yield b"never sent"
+
+
+@pytest.mark.parametrize("call", ["upload", "download"])
+async def test_an_unreachable_chunk_service_fails_within_the_connect_timeout(call: str) -> None:
+    async with ChunkClient(f"127.0.0.1:{closed_port()}", connect_timeout_s=1.0) as client:
+        with pytest.raises(deps.ChunkServiceUnavailable) as info:
+            if call == "upload":
+                await client.upload(_frames())
+            else:
+                async for _ in client.download(chunks=[]):
+                    pass
+    assert not isinstance(info.value, ChunkServiceError)
+    assert api_error(info.value).code == "chunk_service_unavailable"
