@@ -33,6 +33,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from dfms.config import Config
 from dfms.runtime.logs import get_logger, setup_logging
 from dfms.runtime.ops import OpsServer, ReadyCheck
+from dfms.runtime.stacks import dump_stacks
 from dfms.runtime.tasks import cancel_and_wait
 
 PASSES = Counter("dfms_service_passes_total", "Background passes run", ["service", "outcome"])
@@ -230,6 +231,7 @@ async def run_service(service: Service, config: Config) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGUSR2, dump_stacks)  # where is it stuck? see stacks.py
     ops: OpsServer | None = None
     try:
         await service.start()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import aiohttp
@@ -14,6 +15,7 @@ import pytest
 from dfms.localstack.supervisor import ProcessSpec, Supervisor, _preexec
 from dfms.runtime.ops import OpsServer
 from dfms.runtime.service import EXIT_HUNG, HARD_EXIT_MARGIN_S, BackgroundService, PassStats
+from dfms.runtime.stacks import dump_stacks
 from dfms.runtime.tasks import cancel_and_wait
 
 
@@ -259,3 +261,27 @@ def test_a_parent_death_signal_between_fork_and_exec_is_not_lost() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_the_stack_dump_shows_where_each_task_waits() -> None:
+    gate = asyncio.Event()
+
+    async def waits_for_the_gate() -> None:
+        await gate.wait()
+
+    async def handles_an_upload() -> None:
+        await waits_for_the_gate()
+
+    task = asyncio.create_task(handles_an_upload(), name="stuck-upload")
+    await asyncio.sleep(0)
+    with tempfile.TemporaryFile("w+") as out:
+        dump_stacks(out)
+        out.seek(0)
+        text = out.read()
+    gate.set()
+    await task
+    section = text.split("--- task 'stuck-upload'\n", 1)[1].split("--- task", 1)[0]
+    # The whole await chain, outermost first, down to the line that waits.
+    assert section.index("handles_an_upload") < section.index("waits_for_the_gate")
+    assert "await gate.wait()" in section
+    assert "=== threads" in text and "most recent call first" in text
