@@ -138,8 +138,8 @@ class LocalCluster:
         self.data_dir = opts.data_dir.resolve()
         self.out = out
         self.record = ProcessRecord(self.data_dir)
-        self.supervisor = Supervisor(out, on_start=lambda mp: self.record.add(mp.spec.name,
-                                                                              mp.pid or 0))
+        self.supervisor = Supervisor(out, on_start=self._on_process_start)
+        self._state: str | None = None  # what cluster.json says, once written
         self._lock_fh: IO[str] | None = None
         self.info = ClusterInfo(self.data_dir, self.data_dir / CONFIG_FILE)
         self.config: Config | None = None
@@ -385,9 +385,29 @@ class LocalCluster:
                 self._endpoints[svc.name] = f"{LOOPBACK}:{grpc_port} (ops :{port})"
         self.info.gateway_url = self.info.services["gateway"]["ops_url"]
 
+    def _on_process_start(self, mp: ManagedProcess) -> None:
+        """Every start (first, restarted by the supervisor, or `dfms cluster start`)
+        records the new pid, so no record names a pid that is gone."""
+        self.record.add(mp.spec.name, mp.pid or 0)
+        if self._state == "ready":
+            self._write_cluster_file("ready")
+
+    def _refresh_pids(self) -> None:
+        info = self.info
+        slots: dict[str, dict[str, Any]] = {"postgres": info.postgres, "redis": info.redis,
+                                            "kafka": info.kafka, **info.services}
+        slots.update((node["id"], node) for node in info.s3_nodes)
+        for name, slot in slots.items():
+            mp = self._proc(name)
+            if mp is not None and slot:
+                slot["pid"] = mp.pid
+        store = self._proc(servers.KAFKA_STORE)
+        if store is not None and info.kafka:
+            info.kafka["store_pid"] = store.pid
+
     def _write_cluster_file(self, state: str) -> None:
-        for node, mp in ((n, self._proc(n["id"])) for n in self.info.s3_nodes):
-            node["pid"] = mp.pid if mp else None
+        self._refresh_pids()
+        self._state = state
         doc = self.info.to_json(state, os.getpid())
         doc["pid_start"] = start_ticks(os.getpid())
         write_private(self.data_dir / CLUSTER_FILE, json.dumps(doc, indent=2) + "\n")
