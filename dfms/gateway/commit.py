@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 from dfms.config import LifecycleConfig
 from dfms.events.outbox import emit
 from dfms.events.topics import FILE_UPLOADED, FILES_TOPIC
+from dfms.gateway.context import API_PREFIX
 from dfms.gateway.errors import ApiError, conflict
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns
@@ -144,3 +147,11 @@ async def _emit_uploaded(conn: Connection, owner: uuid.UUID, row: ns.FileRow,
         "size": row.size, "sha256": row.sha256.hex(), "manifest_id": str(manifest_id),
         "name": row.name, "folder_id": None if row.folder_id is None else str(row.folder_id),
         "mime_type": row.mime_type, "chunk_count": row.chunk_count})
+
+
+def committed_response(body: dict[str, Any], done: Committed) -> web.Response:
+    """201 with Location for a new file or version; 200 naming the file when unchanged."""
+    url = f"{API_PREFIX}/files/{done.row.id}"
+    headers = {"ETag": etag_of(done.row.sha256)}
+    headers["Content-Location" if done.unchanged else "Location"] = url
+    return web.json_response(body, status=200 if done.unchanged else 201, headers=headers)

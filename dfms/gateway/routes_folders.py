@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from dfms.gateway.context import API_PREFIX, PG_KEY
-from dfms.gateway.errors import ApiError, bad_request, conflict, not_found
+from dfms.gateway.errors import conflict, not_found
+from dfms.gateway.folders import ROOT_ALIAS, name_clash, resolve_parent
 from dfms.gateway.http import bool_param, field, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
 from dfms.gateway.names import clean_name
-from dfms.gateway.security import AuthUser, authenticate
+from dfms.gateway.security import authenticate
 from dfms.gateway.views import folder_json
 from dfms.metadata import namespace as ns
-from dfms.metadata.db import Connection
 
-ROOT_ALIAS = "root"
 FOLDER_FIELDS = ("name", "parent_id")  # of a create or an update
-
-
-async def resolve_parent(conn: Connection | asyncpg.Pool, user: AuthUser,
-                         raw: object) -> uuid.UUID | None:
-    """A folder id from a body or header, owned by the user; None (or 'root') is the root."""
-    if raw is None or raw == "" or raw == ROOT_ALIAS:
-        return None
-    if not isinstance(raw, str):
-        raise bad_request("validation_error", "a folder id must be a string")
-    folder_id = parse_uuid(raw, "folder")
-    if await ns.get_folder(conn, user.id, folder_id) is None:
-        raise not_found("folder")
-    return folder_id
-
-
-def name_clash(name: str) -> ApiError:
-    return conflict("name_taken", f"an item named {name!r} already exists in that folder")
 
 
 async def create_folder(request: web.Request) -> web.Response:

@@ -22,25 +22,21 @@ from dfms.chunkservice.errors import ChunkServiceError
 from dfms.chunkservice.pipeline import ChunkEntry
 from dfms.config import LifecycleConfig
 from dfms.errors import DependencyUnavailable
+from dfms.gateway.bodies import expected_sha256, idle_guarded, store_stream
 from dfms.gateway.commit import (
     Content,
     commit_content,
+    committed_response,
     insert_manifest,
     precheck,
     quota_error,
 )
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY, path_param
 from dfms.gateway.errors import ApiError, bad_request, conflict, not_found
+from dfms.gateway.folders import resolve_parent
 from dfms.gateway.http import bool_param, field, only_fields, parse_uuid, read_json
 from dfms.gateway.mime import detect
 from dfms.gateway.names import clean_name
-from dfms.gateway.routes_files import (
-    _expected_sha,
-    _idle_guarded,
-    committed_response,
-    store_stream,
-)
-from dfms.gateway.routes_folders import resolve_parent
 from dfms.gateway.security import authenticate
 from dfms.gateway.views import file_json
 from dfms.metadata import lifecycle as lc
@@ -123,8 +119,8 @@ async def put_part(request: web.Request) -> web.Response:
     room = await lc.room_left(pool, user.id, cfg.lifecycle)
     if room is not None:
         room += await mp.part_size(pool, upload.id, number)  # a re-sent part replaces
-    frames = _idle_guarded(request.content.readany, cfg.gateway.body_idle_timeout_s)
-    stored, _ = await store_stream(request, user.id, frames, _expected_sha(request), part_max,
+    frames = idle_guarded(request.content.readany, cfg.gateway.body_idle_timeout_s)
+    stored, _ = await store_stream(request, user.id, frames, expected_sha256(request), part_max,
                                    room)
     entries = [(c.sha256, c.offset, c.size) for c in stored.chunks]
     async with pool.acquire() as conn, conn.transaction():

@@ -79,8 +79,8 @@ from dfms.gateway.error_table import api_error
 from dfms.gateway.errors import ApiError, bad_request, not_found
 from dfms.gateway.http import int_param, only_fields, parse_uuid, read_json
 from dfms.gateway.ratelimit import SlidingWindowLimiter
-from dfms.gateway.routes_files import serve_content
 from dfms.gateway.security import authenticate
+from dfms.gateway.serve import serve_content
 from dfms.metadata import namespace as ns
 from dfms.metadata import shares
 from dfms.runtime.logs import get_logger

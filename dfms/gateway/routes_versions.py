@@ -11,8 +11,8 @@ from dfms.gateway.commit import etag_of, quota_error
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import conflict, not_found
 from dfms.gateway.http import parse_uuid
-from dfms.gateway.routes_files import serve_content
 from dfms.gateway.security import authenticate
+from dfms.gateway.serve import serve_content
 from dfms.gateway.views import file_json
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns

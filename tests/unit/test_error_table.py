@@ -18,7 +18,7 @@ from dfms.auth import errors as auth_errors
 from dfms.chunkservice.errors import ChunkServiceError, QuorumNotReached
 from dfms.errors import DependencyUnavailable, DfmsError
 from dfms.events.envelope import MalformedEvent
-from dfms.gateway import routes_files
+from dfms.gateway import bodies
 from dfms.gateway.error_table import ANSWERS, HttpAnswer, answer_for, api_error
 from dfms.gateway.errors import ApiError, IncompleteBody
 from dfms.gateway.middleware import error_middleware, request_id_middleware
@@ -120,7 +120,7 @@ async def test_a_broken_body_is_an_incomplete_body_error_with_its_cause() -> Non
         raise ConnectionResetError("peer went away")
 
     with pytest.raises(IncompleteBody) as info:
-        async for _ in routes_files._idle_guarded(read, 5.0):
+        async for _ in bodies.idle_guarded(read, 5.0):
             pass
     assert isinstance(info.value.__cause__, ConnectionResetError)
     assert "request body broke off" in str(info.value)

@@ -16,7 +16,7 @@ from dfms.gateway.ranges import (
     if_range_allows,
     parse_range,
 )
-from dfms.gateway.routes_files import content_disposition
+from dfms.gateway.serve import content_disposition
 
 
 @pytest.mark.parametrize(("header", "size", "expected"), [
