@@ -8,9 +8,9 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dfms import __version__
 from dfms.config import ENV_PREFIX, Config, dump_yaml, load_config, markdown_table, sample_yaml
@@ -34,6 +34,9 @@ from dfms.runtime.service import PassStats
 
 if TYPE_CHECKING:
     from dfms.metadata.admin import NodeRow
+    from dfms.replication.scrubber import Scrubber
+    from dfms.runtime.pooled import PooledService
+    from dfms.runtime.service import Service
 
 DEFAULT_DATA_DIR = ".dfms"
 ENV_DATA_DIR = "DFMS_DATA_DIR"
@@ -118,36 +121,75 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 # --- services ------------------------------------------------------------------
 
-def cmd_gateway(args: argparse.Namespace) -> int:
-    from dfms.gateway.app import GatewayService
+def _serve(args: argparse.Namespace, service: Callable[[Config], Service]) -> int:
+    """Run a service until it is stopped. Each command imports its own service class, so
+    `dfms gateway` does not import the GC, the chunk service or the replication manager."""
     from dfms.runtime.service import main_for
 
     cfg = resolve_config(args)
-    return main_for(GatewayService(cfg), cfg)
+    return main_for(service(cfg), cfg)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from dfms.gateway.app import GatewayService
+
+    return _serve(args, GatewayService)
 
 
 def cmd_chunk_service(args: argparse.Namespace) -> int:
     from dfms.chunkservice.service import ChunkService
-    from dfms.runtime.service import main_for
 
-    cfg = resolve_config(args)
-    return main_for(ChunkService(cfg), cfg)
+    return _serve(args, ChunkService)
 
 
 def cmd_health_monitor(args: argparse.Namespace) -> int:
     from dfms.healthmon.service import HealthMonitor
-    from dfms.runtime.service import main_for
 
-    cfg = resolve_config(args)
-    return main_for(HealthMonitor(cfg), cfg)
+    return _serve(args, HealthMonitor)
 
 
 def cmd_event_relay(args: argparse.Namespace) -> int:
     from dfms.events.relay import OutboxRelay
-    from dfms.runtime.service import main_for
 
-    cfg = resolve_config(args)
-    return main_for(OutboxRelay(cfg), cfg)
+    return _serve(args, OutboxRelay)
+
+
+_P = TypeVar("_P", bound="PooledService")
+
+
+def _one_pass(cfg: Config, make: Callable[[], _P], run: Callable[[_P], Awaitable[int]]
+              ) -> int:
+    """Run one pass in the foreground (--once, --scrub), print it, and close what ran it.
+    ``make`` is called inside the event loop, so a runner may bind loop objects as it is
+    built."""
+    setup_logging(cfg.logging.level, cfg.logging.format)
+
+    async def main() -> int:
+        runner = make()
+        try:
+            return await run(runner)
+        finally:
+            await runner.close()
+
+    return asyncio.run(main())
+
+
+async def _run_once(runner: PooledService) -> int:
+    return _print_stats(await runner.run_once())
+
+
+async def _scrub(scrubber: Scrubber) -> int:
+    code = _print_stats(await scrubber.full_pass())
+    if scrubber.last_pass_seconds is not None:  # the pass began before this run
+        print(f"{'pass_seconds':<34} {scrubber.last_pass_seconds:.3f}")
+    return code
+
+
+def _print_stats(stats: PassStats) -> int:
+    for name, count in sorted(stats.counters.items()):
+        print(f"{name:<34} {count}")
+    print(f"{'errors':<34} {stats.errors}")
+    return 0 if stats.errors == 0 else 1
 
 
 def cmd_gc_worker(args: argparse.Namespace) -> int:
@@ -159,24 +201,7 @@ def cmd_gc_worker(args: argparse.Namespace) -> int:
         raise ConfigError("--dry-run", True, "only meaningful with --once")
     if not args.once:
         return main_for(GcWorker(cfg), cfg)
-    setup_logging(cfg.logging.level, cfg.logging.format)
-
-    async def one_pass() -> int:
-        worker = GcWorker(cfg, dry_run=args.dry_run)
-        try:
-            stats = await worker.run_once()
-        finally:
-            await worker.close()
-        return _print_stats(stats)
-
-    return asyncio.run(one_pass())
-
-
-def _print_stats(stats: PassStats) -> int:
-    for name, count in sorted(stats.counters.items()):
-        print(f"{name:<34} {count}")
-    print(f"{'errors':<34} {stats.errors}")
-    return 0 if stats.errors == 0 else 1
+    return _one_pass(cfg, lambda: GcWorker(cfg, dry_run=args.dry_run), _run_once)
 
 
 def cmd_replication_manager(args: argparse.Namespace) -> int:
@@ -185,27 +210,11 @@ def cmd_replication_manager(args: argparse.Namespace) -> int:
     from dfms.runtime.service import main_for
 
     cfg = resolve_config(args)
-    if not (args.once or args.scrub):
-        return main_for(ReplicationManager(cfg), cfg)
-    setup_logging(cfg.logging.level, cfg.logging.format)
-
-    async def one_pass() -> int:
-        if args.scrub:
-            scrubber = Scrubber(cfg)
-            try:
-                code = _print_stats(await scrubber.full_pass())
-                if scrubber.last_pass_seconds is not None:  # the pass began before this run
-                    print(f"{'pass_seconds':<34} {scrubber.last_pass_seconds:.3f}")
-                return code
-            finally:
-                await scrubber.close()
-        manager = ReplicationManager(cfg)
-        try:
-            return _print_stats(await manager.run_once())
-        finally:
-            await manager.close()
-
-    return asyncio.run(one_pass())
+    if args.scrub:  # also with --once: a scrub is the pass asked for
+        return _one_pass(cfg, lambda: Scrubber(cfg), _scrub)
+    if args.once:
+        return _one_pass(cfg, lambda: ReplicationManager(cfg), _run_once)
+    return main_for(ReplicationManager(cfg), cfg)
 
 
 # --- migrate -------------------------------------------------------------------

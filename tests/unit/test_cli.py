@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import subprocess
@@ -14,10 +15,14 @@ from pathlib import Path
 import pytest
 
 import dfms
+from dfms import cli
 from dfms.cli import build_parser
+from dfms.config import Config
 from dfms.errors import StackError
 from dfms.localstack.handle import make_data_dir
 from dfms.localstack.servers import check_traversable
+from dfms.runtime import service as service_module
+from dfms.runtime.service import PassStats
 
 # Every subcommand, with the arguments it needs to parse.
 COMMANDS = [
@@ -115,3 +120,75 @@ def test_without_any_cluster_config_the_cli_says_where_it_looked(cmd: list[str],
         in result.stderr
     assert "--data-dir" in result.stderr and "unreachable" not in result.stderr
     assert result.stdout == ""  # no built-in defaults passed off as the cluster's config
+
+
+# --- the service launchers --------------------------------------------------------------
+
+def test_a_service_command_runs_its_service_with_the_resolved_config(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "dfms.yaml").write_text("gateway:\n  port: 1234\n")
+    ran: list[tuple[object, Config]] = []
+    monkeypatch.setattr(service_module, "main_for",
+                        lambda service, cfg: ran.append((service, cfg)) or 7)
+
+    class Service:
+        def __init__(self, cfg: Config) -> None:
+            self.cfg = cfg
+
+    args = build_parser().parse_args(["gateway", "--data-dir", str(tmp_path)])
+    assert cli._serve(args, Service) == 7
+    [(service, cfg)] = ran
+    assert isinstance(service, Service) and service.cfg is cfg
+    assert cfg.gateway.port == 1234
+
+
+class _Runner:
+    """Stands in for a PooledService: one pass with these counters, then close()."""
+
+    def __init__(self, stats: PassStats | Exception) -> None:
+        self.stats = stats
+        self.closed = False
+        self.built_in_loop = _in_loop()
+
+    async def run_once(self) -> PassStats:
+        if isinstance(self.stats, Exception):
+            raise self.stats
+        return self.stats
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("errors", "code"), [(0, 0), (2, 1)])
+def test_one_pass_prints_its_counters_and_closes_the_runner(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        errors: int, code: int) -> None:
+    monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: None)
+    built: list[_Runner] = []
+
+    def make() -> _Runner:
+        built.append(_Runner(PassStats({"b_swept": 3, "a_marked": 10}, errors)))
+        return built[-1]
+
+    assert cli._one_pass(Config(), make, cli._run_once) == code
+    assert capsys.readouterr().out.split("\n") == [
+        f"{'a_marked':<34} 10", f"{'b_swept':<34} 3", f"{'errors':<34} {errors}", ""]
+    [runner] = built
+    assert runner.closed and runner.built_in_loop
+
+
+def test_one_pass_closes_the_runner_when_the_pass_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: None)
+    runner = _Runner(RuntimeError("pass failed"))
+    with pytest.raises(RuntimeError, match="pass failed"):
+        cli._one_pass(Config(), lambda: runner, cli._run_once)
+    assert runner.closed
