@@ -16,6 +16,8 @@ from dfms.gateway.serve import serve_content
 from dfms.gateway.views import file_json
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns
+from dfms.metadata import versions
+from dfms.metadata.errors import LastVersion, QuotaExceeded, VersionNotFound
 
 
 def _version_number(request: web.Request) -> int:
@@ -74,18 +76,12 @@ async def restore_version(request: web.Request) -> web.Response:
     number = _version_number(request)
     cfg = request.app[CONFIG_KEY].lifecycle
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
-        await lc.lock_user(conn, owner)
-        await conn.execute("SELECT 1 FROM files WHERE id = $1 FOR UPDATE", row.id)
-        source = await conn.fetchrow(
-            "SELECT v.manifest_id, v.mime_type, m.size FROM file_versions v "
-            "JOIN manifests m ON m.id = v.manifest_id WHERE v.file_id = $1 AND v.version = $2",
-            row.id, number)
-        if source is None:
-            raise not_found("version")
-        room = await lc.room_left(conn, owner, cfg)
-        if room is not None and source["size"] > room:
-            raise quota_error(await lc.quota_bytes(conn, owner, cfg))
-        await lc.add_version(conn, row.id, source["manifest_id"], source["mime_type"])
+        try:
+            await versions.restore_version(conn, owner, row.id, number, cfg)
+        except VersionNotFound:
+            raise not_found("version") from None
+        except QuotaExceeded as exc:
+            raise quota_error(exc.quota_bytes) from None
         restored = await ns.get_file(conn, owner, row.id)
     assert restored is not None
     return web.json_response(file_json(restored), status=201,
@@ -96,17 +92,13 @@ async def delete_version(request: web.Request) -> web.Response:
     row, _ = await _file(request)
     number = _version_number(request)
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM files WHERE id = $1 FOR UPDATE", row.id)
-        count = await conn.fetchval("SELECT count(*) FROM file_versions WHERE file_id = $1",
-                                    row.id)
-        exists = await conn.fetchval(
-            "SELECT 1 FROM file_versions WHERE file_id = $1 AND version = $2", row.id, number)
-        if exists is None:
-            raise not_found("version")
-        if count == 1:
+        try:
+            await versions.delete_version(conn, row.id, number)
+        except VersionNotFound:
+            raise not_found("version") from None
+        except LastVersion:
             raise conflict("last_version", "a file keeps at least one version; delete the "
-                           "file instead")
-        await lc.delete_version(conn, row.id, number)
+                           "file instead") from None
     return web.Response(status=204)
 
 
