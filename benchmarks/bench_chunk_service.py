@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,11 +26,12 @@ from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
+from harness import DATA_DIR_HELP, run_on_cluster
 
 from dfms.chunker import make_chunker_from
 from dfms.chunkservice.client import ChunkClient
 from dfms.config import Config, chunker_params
-from dfms.localstack.handle import ClusterHandle, attach, make_data_dir, process_cpu_seconds
+from dfms.localstack.handle import ClusterHandle, process_cpu_seconds
 from dfms.localstack.ports import PortAllocator
 from dfms.ring import Ring
 from dfms.ring import store as ring_store
@@ -183,20 +183,9 @@ async def bench(cluster: ClusterHandle, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--data-dir", help="attach to the cluster `dfms up` runs there")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args()
-    if args.data_dir:
-        asyncio.run(bench(attach(args.data_dir), args.size_mib * MIB))
-        return
-    base = make_data_dir("dfms-bench-")
-    cluster = ClusterHandle(data_dir=base / "cluster")
-    cluster.data_dir.mkdir()
-    cluster.start()
-    try:
-        asyncio.run(bench(cluster, args.size_mib * MIB))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_cluster(lambda cluster: bench(cluster, args.size_mib * MIB), args.data_dir)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,15 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from harness import DATA_DIR_HELP, run_on_cluster
 
 from dfms.chunkservice.client import ChunkClient
-from dfms.localstack.handle import ClusterHandle, attach, make_data_dir
+from dfms.localstack.handle import ClusterHandle
 
 MIB = 1024 * 1024
 PIECE = 1 * MIB
@@ -133,20 +133,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rss-mib", type=int, default=2048)
-    parser.add_argument("--data-dir", help="attach to the cluster `dfms up` runs there")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args()
-    if args.data_dir:
-        asyncio.run(bench(attach(args.data_dir), args.size_mib * MIB, args.rss_mib * MIB))
-        return
-    base = make_data_dir("dfms-bench-")
-    cluster = ClusterHandle(data_dir=base / "cluster")
-    cluster.data_dir.mkdir()
-    cluster.start()
-    try:
-        asyncio.run(bench(cluster, args.size_mib * MIB, args.rss_mib * MIB))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_cluster(lambda cluster: bench(cluster, args.size_mib * MIB, args.rss_mib * MIB),
+                   args.data_dir)
 
 
 if __name__ == "__main__":

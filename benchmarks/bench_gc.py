@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -37,10 +36,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from harness import DATA_DIR_HELP, run_on_cluster
 
 from dfms.config import Config, load_config
 from dfms.gc.worker import SKIPPED, GcWorker
-from dfms.localstack.handle import ClusterHandle, attach, make_data_dir
+from dfms.localstack.handle import ClusterHandle
 from dfms.storage import NodeClient, chunk_key
 
 GRACE_S = 1.0
@@ -223,22 +223,11 @@ def main() -> None:
     parser.add_argument("--orphans", type=int, default=5_000)
     parser.add_argument("--objects", type=int, default=None,
                         help="write objects for this many chunks of each dataset (default: all)")
-    parser.add_argument("--data-dir", help="attach to the cluster `dfms up` runs there")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args()
     objects = args.chunks if args.objects is None else args.objects
-    if args.data_dir:
-        asyncio.run(bench(attach(args.data_dir), args.chunks, args.small, args.orphans,
-                          objects))
-        return
-    base = make_data_dir("dfms-bench-")
-    cluster = ClusterHandle(data_dir=base / "cluster")
-    cluster.data_dir.mkdir()
-    cluster.start()
-    try:
-        asyncio.run(bench(cluster, args.chunks, args.small, args.orphans, objects))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_cluster(lambda cluster: bench(cluster, args.chunks, args.small, args.orphans,
+                                         objects), args.data_dir)
 
 
 if __name__ == "__main__":

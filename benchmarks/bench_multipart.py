@@ -18,13 +18,13 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+from harness import DATA_DIR_HELP, run_on_cluster
 
-from dfms.localstack.handle import ClusterHandle, attach, make_data_dir
+from dfms.localstack.handle import ClusterHandle
 
 MIB = 1024 * 1024
 BLOCK = MIB
@@ -119,22 +119,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--same-bytes", action="store_true",
                         help="send the single stream's bytes again (dedup)")
-    parser.add_argument("--data-dir", help="attach to the cluster `dfms up` runs there")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args()
     size, part = args.size_mib * MIB, args.part_mib * MIB
-    if args.data_dir:
-        asyncio.run(bench(attach(args.data_dir), size, part, args.parallel,
-                          not args.same_bytes))
-        return
-    base = make_data_dir("dfms-bench-")
-    cluster = ClusterHandle(data_dir=base / "cluster")
-    cluster.data_dir.mkdir()
-    cluster.start()
-    try:
-        asyncio.run(bench(cluster, size, part, args.parallel, not args.same_bytes))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_cluster(lambda cluster: bench(cluster, size, part, args.parallel,
+                                         not args.same_bytes), args.data_dir)
 
 
 if __name__ == "__main__":

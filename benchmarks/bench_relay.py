@@ -20,19 +20,19 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+from harness import DATA_DIR_HELP, run_on_cluster
 
 from dfms.config import Config
 from dfms.events.outbox import _INSERT
 from dfms.events.relay import OutboxRelay
 from dfms.events.topics import CHUNKS_TOPIC, ensure_topics, start_producer
 from dfms.localstack import binaries, servers
-from dfms.localstack.handle import ClusterHandle, attach, make_data_dir
+from dfms.localstack.handle import ClusterHandle
 from dfms.localstack.ports import LOOPBACK, PortAllocator
 
 PAYLOAD = {"sha256": "ab" * 32, "size": 1 << 20, "node_ids": ["node-1", "node-2", "node-3"]}
@@ -127,20 +127,9 @@ async def bench(cluster: ClusterHandle, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--data-dir", help="attach to the cluster `dfms up` runs there")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = parser.parse_args()
-    if args.data_dir:
-        asyncio.run(bench(attach(args.data_dir), args.events))
-        return
-    base = make_data_dir("dfms-bench-")
-    cluster = ClusterHandle(data_dir=base / "cluster")
-    cluster.data_dir.mkdir()
-    try:
-        cluster.start()
-        asyncio.run(bench(cluster, args.events))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    run_on_cluster(lambda cluster: bench(cluster, args.events), args.data_dir)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
+from harness import run_on_cluster
 
 from dfms.chunkservice.client import ChunkClient
 from dfms.config import Config
-from dfms.localstack.handle import ClusterHandle, make_data_dir
+from dfms.localstack.handle import ClusterHandle
 from dfms.replication.cluster import load_view
 from dfms.replication.manager import ReplicationManager
 from dfms.replication.plan import plan_chunk
@@ -194,15 +194,10 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--scrub-limit-mib", type=int, default=20)
     args = parser.parse_args()
-    base = make_data_dir("dfms-bench-repl-")
-    cluster = ClusterHandle(data_dir=base / "cluster")
-    cluster.data_dir.mkdir()
-    cluster.start("--nodes", "4")
-    try:
-        asyncio.run(bench(cluster, args.size_mib * MIB, args.scrub_limit_mib * MIB))
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    # Always a cluster of its own: it needs four nodes and kills one of them.
+    run_on_cluster(lambda cluster: bench(cluster, args.size_mib * MIB,
+                                         args.scrub_limit_mib * MIB),
+                   prefix="dfms-bench-repl-", up_args=("--nodes", "4"))
 
 
 if __name__ == "__main__":

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests.support.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _typecheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("typecheck", REPO / "tools" / "typecheck.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/typecheck.py")
 
 
 def test_link_tree_holds_every_package_dir_root(tmp_path: Path) -> None:
