@@ -18,7 +18,6 @@ from dfms.errors import (
     ConfigError,
     DfmsError,
     NoConfigError,
-    StorageUnavailable,
 )
 from dfms.nodes import (
     WEIGHT_RULE,
@@ -349,40 +348,25 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 async def _nodes_register(args: argparse.Namespace) -> int:
     from dfms.metadata import admin as adm
-    from dfms.metadata import db
-    from dfms.metadata.cluster_state import register_new_node
+    from dfms.metadata import db, membership
+    from dfms.metadata.errors import NodeExists
 
     cfg = resolve_config(args)
     node = NodeSpec(args.node_id, args.endpoint, args.zone, args.weight)
-    epoch: int | None = None
     conn = await db.connect(cfg.postgres)
     try:
+        # The admin API's own add: the same checks, the endpoint probe, one new epoch.
+        done = await membership.add_node(conn, node, cfg.s3)
+    except NodeExists:  # registered before (or just now, by a concurrent run)
         known = await adm.get_node(conn, node.node_id)
-        if known is None:
-            await _check_reachable(node, cfg)
-            epoch = await register_new_node(conn, node, bucket=cfg.s3.bucket)
-            known = None if epoch is not None else await adm.get_node(conn, node.node_id)
-    finally:
-        await conn.close()
-    if known is not None:  # registered before (or just now, by a concurrent run)
+        assert known is not None  # node ids are never deleted by the CLI or the API
         _print_known(node, known)
         return 0
+    finally:
+        await conn.close()
     print(f"node {node.node_id}: registered ({node.endpoint}, zone {node.zone}, weight "
-          f"{node.weight:g}); ring epoch {epoch}")
+          f"{node.weight:g}); ring epoch {done.epoch}")
     return 0
-
-
-async def _check_reachable(node: NodeSpec, cfg: Config) -> None:
-    """The node answers with the configured S3 credentials and has the chunk bucket, as
-    the admin API checks before it adds a node."""
-    from dfms.storage import NodeClient, StorageError
-
-    try:
-        async with NodeClient(node.node_id, node.endpoint, cfg.s3) as client:
-            await client.ping()
-    except StorageError as exc:
-        raise StorageUnavailable(f"node {node.node_id}: the S3 endpoint {node.endpoint} "
-                                    f"did not answer: {exc}") from None
 
 
 def _print_known(node: NodeSpec, row: NodeRow) -> None:

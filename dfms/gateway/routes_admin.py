@@ -1,17 +1,16 @@
 """Administration: accounts (role, quota, deactivation), the cluster's numbers, and the
 storage nodes (register, drain, remove). Every route needs the admin role.
 
-Ring changes go through ``dfms.ring``: in one transaction that holds the ring
-writers' advisory lock, the node row changes, the next ``RingData`` is built
-from the latest stored one and saved. A ``RingConflict`` (someone saved an
-epoch in between) rolls everything back; the change is tried once more, then
-answered with 409 ``ring_conflict``.
+Node changes are made by the ring membership service, ``dfms.metadata.membership``
+(the node row, the ring epoch and its event in one transaction under the ring lock);
+these handlers parse, authorise, call it and render its outcome or its refusal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -24,8 +23,16 @@ from dfms.gateway.http import field, int_param, only_fields, parse_uuid, read_js
 from dfms.gateway.readiness import write_path_json
 from dfms.gateway.security import require_admin
 from dfms.metadata import admin as adm
-from dfms.metadata.db import Connection
-from dfms.metadata.states import AdminState
+from dfms.metadata import membership
+from dfms.metadata.errors import (
+    LastActiveNode,
+    MembershipError,
+    NodeExists,
+    NodeHoldsOnlyCopy,
+    NodeNotFound,
+    NodeRemoved,
+    NodeUnreachable,
+)
 from dfms.nodes import (
     NodeSpec,
     check_node_id,
@@ -33,14 +40,10 @@ from dfms.nodes import (
     clean_endpoint,
     clean_zone,
 )
-from dfms.ring import DRAINING, RingBuilder, RingConflict, RingData
-from dfms.ring import store as ring_store
+from dfms.ring import RingData
 from dfms.runtime.logs import get_logger
-from dfms.storage import NodeClient, StorageError
 
 log = get_logger("gateway.admin")
-
-T = TypeVar("T")
 
 MAX_QUOTA_BYTES = 2**63 - 1  # PostgreSQL bigint
 USER_FIELDS = frozenset({"role", "quota_bytes", "is_active", "keep_versions",
@@ -155,7 +158,7 @@ async def update_user(request: web.Request) -> web.Response:
 # --- cluster ----------------------------------------------------------------------------
 
 def node_json(node: adm.NodeRow, ring: RingData | None) -> dict[str, Any]:
-    member = next((m for m in ring.members if m.node_id == node.id), None) if ring else None
+    member = membership.member(ring, node.id)
     return {"id": node.id, "endpoint": node.endpoint, "bucket": node.bucket,
             "zone": node.zone, "weight": node.weight, "admin_state": node.admin_state,
             "ring_state": member.state if member is not None else None,
@@ -171,8 +174,8 @@ async def cluster_view(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG_KEY]
     async with request.app[PG_KEY].acquire() as conn:
         numbers = await adm.cluster_numbers(conn, cfg.replication.replicas_n)
-        ring = await ring_store.load_latest(conn)
-        scrub = await conn.fetchrow(_SCRUB_STATE)
+        ring = await membership.ring_in_force(conn)
+        scrub = await adm.scrub_state(conn)
     # What /ready reports too: whether uploads can succeed, as the chunk service sees it.
     write_path = await write_path_json(request.app[CHUNKS_KEY])
     ratio = numbers.dedup_ratio
@@ -195,9 +198,6 @@ async def cluster_view(request: web.Request) -> web.Response:
     })
 
 
-_SCRUB_STATE = "SELECT * FROM scrub_state WHERE id = 'default'"
-
-
 def scrub_json(row: asyncpg.Record | None) -> dict[str, Any]:
     def get(name: str) -> Any:
         return None if row is None else row[name]
@@ -212,21 +212,41 @@ def scrub_json(row: asyncpg.Record | None) -> dict[str, Any]:
 
 # --- nodes ------------------------------------------------------------------------------
 
+# The answers to the membership service's refusals. A RingRefused is an InvalidRing,
+# and a RingConflict passes through: the error table answers those (400, 409).
+_REFUSALS: dict[type[MembershipError], tuple[int, str]] = {
+    NodeExists: (409, "node_exists"),
+    NodeRemoved: (409, "node_removed"),
+    LastActiveNode: (409, "last_active_node"),
+    NodeHoldsOnlyCopy: (409, "node_holds_only_copy"),
+    NodeUnreachable: (422, "node_unreachable"),
+}
+
+
+@contextlib.contextmanager
+def _membership_answers() -> Iterator[None]:
+    try:
+        yield
+    except NodeNotFound:
+        raise not_found("node") from None
+    except MembershipError as exc:
+        answer = _REFUSALS.get(type(exc))
+        if answer is None:
+            raise
+        raise ApiError(*answer, str(exc)) from None
+
+
 async def list_nodes(request: web.Request) -> web.Response:
     await require_admin(request)
-    async with request.app[PG_KEY].acquire() as conn:
-        nodes = await adm.list_nodes(conn)
-        ring = await ring_store.load_latest(conn)
+    nodes, ring = await membership.list_nodes(request.app[PG_KEY])
     return web.json_response({"items": [node_json(n, ring) for n in nodes]})
 
 
 async def get_node(request: web.Request) -> web.Response:
     await require_admin(request)
-    async with request.app[PG_KEY].acquire() as conn:
-        node = await adm.get_node(conn, request.match_info["node_id"])
-        if node is None:
-            raise not_found("node")
-        ring = await ring_store.load_latest(conn)
+    with _membership_answers():
+        node, ring = await membership.get_node(request.app[PG_KEY],
+                                               request.match_info["node_id"])
     return web.json_response(node_json(node, ring))
 
 
@@ -241,151 +261,36 @@ def _new_node(doc: dict[str, Any]) -> NodeSpec:
     return NodeSpec(node_id, endpoint, zone, check_weight(1.0 if weight is None else weight))
 
 
-async def _ring_change(pool: asyncpg.Pool,
-                       change: Callable[[Connection, RingData | None], Awaitable[T]]
-                       ) -> T:
-    """Run ``change(conn, latest_ring)`` in a transaction holding the ring lock.
-
-    ``change`` edits node rows and saves the next ring with ``dfms.ring.save``;
-    on ``RingConflict`` all of it is rolled back and tried once more.
-    """
-    attempt = 1
-    while True:
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                await adm.lock_ring(conn)
-                return await change(conn, await ring_store.load_latest(conn))
-        except RingConflict as exc:
-            log.warning("ring conflict", extra={"attempt": attempt, "error": str(exc)})
-            if attempt == 2:
-                raise  # the error table answers 409 ring_conflict
-            attempt += 1
-
-
-async def _save(conn: Connection, builder: RingBuilder) -> RingData:
-    data = builder.build()
-    await ring_store.save(conn, data)
-    return data
-
-
-def _last_active(ring: RingData, node_id: str) -> bool:
-    return [m.node_id for m in ring.active_members] == [node_id]
-
-
 async def add_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
-    node = _new_node(await read_json(request))
-    node_id, endpoint, zone, weight = node.node_id, node.endpoint, node.zone, node.weight
-    pool = request.app[PG_KEY]
-    s3 = request.app[CONFIG_KEY].s3
-    if await adm.get_node(pool, node_id) is not None:
-        raise _node_exists(node_id)
-    # A dry run on the current ring, so a weight the ring cannot take is refused
-    # before anyone waits for the endpoint. The transaction below builds it again.
-    _ring_with(await ring_store.load_latest(pool), node_id, zone, weight)
-    # Outside any transaction: a slow or dead endpoint must not hold the ring lock.
-    try:
-        async with NodeClient(node_id, endpoint, s3) as client:
-            await client.ping()
-    except StorageError as exc:
-        raise ApiError(422, "node_unreachable",
-                       f"the S3 endpoint {endpoint} did not answer: {exc}") from None
-
-    async def change(conn: Connection, ring: RingData | None) -> dict[str, Any]:
-        if not await adm.insert_node(conn, node_id, endpoint, s3.bucket, zone, weight):
-            raise _node_exists(node_id)
-        data = _ring_with(ring, node_id, zone, weight)
-        await ring_store.save(conn, data)
-        node = await adm.get_node(conn, node_id)
-        assert node is not None
-        return {"node": node_json(node, data), "epoch": data.epoch}
-
-    result = await _ring_change(pool, change)
-    log.info("node added", extra={"admin": str(admin.id), "node": node_id,
-                                  "endpoint": endpoint, "ring_epoch": result["epoch"]})
-    return web.json_response(result["node"], status=201,
-                             headers={"Location": f"{API_PREFIX}/admin/nodes/{node_id}"})
-
-
-def _ring_with(ring: RingData | None, node_id: str, zone: str, weight: float) -> RingData:
-    """The next ring: ``ring`` plus the new member; 400 when the ring cannot take it."""
-    if ring is not None and any(m.node_id == node_id for m in ring.members):
-        raise _node_exists(node_id)
-    builder = RingBuilder(ring)
-    builder.add_node(node_id, zone, weight)  # InvalidRing: 400 validation_error (error table)
-    return builder.build()
-
-
-def _node_exists(node_id: str) -> ApiError:
-    return conflict("node_exists",
-                    f"a node with id {node_id!r} already exists (ids of removed nodes "
-                    "are not reused: their replica records still name them)")
+    spec = _new_node(await read_json(request))
+    with _membership_answers():
+        done = await membership.add_node(request.app[PG_KEY], spec,
+                                         request.app[CONFIG_KEY].s3)
+    log.info("node added", extra={"admin": str(admin.id), "node": spec.node_id,
+                                  "endpoint": spec.endpoint, "ring_epoch": done.epoch})
+    return web.json_response(node_json(done.node, done.ring), status=201,
+                             headers={"Location": f"{API_PREFIX}/admin/nodes/{spec.node_id}"})
 
 
 async def drain_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     node_id = request.match_info["node_id"]
-
-    async def change(conn: Connection, ring: RingData | None) -> dict[str, Any]:
-        node = await adm.get_node(conn, node_id, for_update=True)
-        if node is None:
-            raise not_found("node")
-        if node.admin_state == AdminState.REMOVED:
-            raise conflict("node_removed", f"node {node_id!r} was removed; it cannot drain")
-        member = next((m for m in ring.members if m.node_id == node_id), None) if ring else None
-        epoch = None
-        if ring is not None and member is not None and member.state != DRAINING:
-            if _last_active(ring, node_id):
-                raise conflict("last_active_node",
-                               f"node {node_id!r} is the ring's only active node")
-            builder = RingBuilder(ring)
-            builder.set_state(node_id, DRAINING)
-            ring = await _save(conn, builder)
-            epoch = ring.epoch
-        if node.admin_state != AdminState.DRAINING:
-            await adm.set_admin_state(conn, node_id, AdminState.DRAINING)
-            node = await adm.get_node(conn, node_id)
-            assert node is not None
-        return {"node": node_json(node, ring), "epoch": epoch}
-
-    result = await _ring_change(request.app[PG_KEY], change)
-    if result["epoch"] is not None:
+    with _membership_answers():
+        done = await membership.drain_node(request.app[PG_KEY], node_id)
+    if done.epoch is not None:
         log.info("node draining", extra={"admin": str(admin.id), "node": node_id,
-                                         "ring_epoch": result["epoch"]})
-    return web.json_response(result["node"])
+                                         "ring_epoch": done.epoch})
+    return web.json_response(node_json(done.node, done.ring))
 
 
 async def delete_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     node_id = request.match_info["node_id"]
-
-    async def change(conn: Connection, ring: RingData | None) -> int | None:
-        node = await adm.get_node(conn, node_id, for_update=True)
-        if node is None:
-            raise not_found("node")
-        member = next((m for m in ring.members if m.node_id == node_id), None) if ring else None
-        if node.admin_state == AdminState.REMOVED and member is None:
-            return None  # already gone: DELETE is idempotent
-        only = await adm.only_copy_count(conn, node_id)
-        if only:
-            raise conflict("node_holds_only_copy",
-                           f"node {node_id!r} holds the only ok replica of {only} live "
-                           f"chunk{'s' if only != 1 else ''}; drain it and wait until the "
-                           "replication manager has copied them elsewhere")
-        epoch = None
-        if ring is not None and member is not None:
-            if _last_active(ring, node_id):
-                raise conflict("last_active_node",
-                               f"node {node_id!r} is the ring's only active node")
-            builder = RingBuilder(ring)
-            builder.remove_node(node_id)
-            epoch = (await _save(conn, builder)).epoch
-        await adm.set_admin_state(conn, node_id, AdminState.REMOVED)
-        return epoch
-
-    epoch = await _ring_change(request.app[PG_KEY], change)
+    with _membership_answers():
+        done = await membership.remove_node(request.app[PG_KEY], node_id)
     log.info("node removed", extra={"admin": str(admin.id), "node": node_id,
-                                    "ring_epoch": epoch})
+                                    "ring_epoch": done.epoch})
     return web.Response(status=204)
 
 

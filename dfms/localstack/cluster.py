@@ -34,7 +34,7 @@ from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
 from dfms.localstack.records import ProcessRecord, Recorded, start_ticks, write_private
 from dfms.localstack.supervisor import ManagedProcess, ProcessSpec, Supervisor
 from dfms.metadata import db
-from dfms.metadata.cluster_state import NodeSpec, register_nodes
+from dfms.metadata.membership import NodeSpec, register_nodes
 from dfms.metadata.migrate import migrate_up
 from dfms.runtime.logs import get_logger
 

@@ -305,3 +305,8 @@ async def cluster_numbers(conn: Connection, replicas_n: int) -> ClusterNumbers:
         replicated_bytes=sum(n.bytes for n in nodes), logical_bytes=int(logical),
         under_replicated_chunks=int(under), repair_queue_length=int(queue),
         ring_epoch=int(epoch))
+
+
+async def scrub_state(db: Executor) -> asyncpg.Record | None:
+    """The scrubber's progress (its ``scrub_state`` row), or ``None`` before its first pass."""
+    return await db.fetchrow("SELECT * FROM scrub_state WHERE id = 'default'")

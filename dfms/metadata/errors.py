@@ -7,6 +7,7 @@ can tell the user the same thing; the HTTP edge turns them into answers.
 from __future__ import annotations
 
 from dfms.errors import DfmsError
+from dfms.ring.errors import InvalidRing
 
 
 class VersionNotFound(DfmsError):
@@ -80,3 +81,11 @@ class NodeUnreachable(MembershipError):
         self.endpoint = endpoint
         super().__init__(node_id, f"node {node_id}: the S3 endpoint {endpoint} did not "
                          f"answer: {reason}")
+
+
+class RingRefused(MembershipError, InvalidRing):
+    """The ring cannot take the change (a weight needing too many virtual nodes...);
+    an ``InvalidRing``, so the HTTP edge answers it as a validation error."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        super().__init__(node_id, f"the ring cannot take node {node_id!r}: {reason}")
