@@ -32,6 +32,7 @@ from dfms.auth.passwords import (
 from dfms.auth.validation import normalize_display_name, normalize_email
 from dfms.config import AuthConfig
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 
 Executor = Connection | asyncpg.Pool
 
@@ -50,8 +51,7 @@ class User:
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> User:
-        return cls(row["id"], row["email"], row["display_name"], row["role"],
-                   row["is_active"], row["created_at"])
+        return from_record(cls, row)
 
     def public(self) -> dict[str, Any]:
         """The user as the API shows it."""

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 from dfms.metadata.states import AdminState, ChunkState, ReplicaState
 from dfms.ring import store as ring_store
 
@@ -56,6 +57,7 @@ ORDER BY p.created_at, p.id
 _PAGE_COLUMNS = ("id, email, display_name, role, is_active, quota_bytes, keep_versions, "
                  "keep_versions_days, created_at, updated_at")
 _EMAIL_FILTER = "WHERE ($1::text IS NULL OR email ILIKE $1 ESCAPE '\\')"
+_USAGE_COUNTS = ("used_bytes", "file_count", "trashed_file_count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +78,7 @@ class UserUsage:
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> UserUsage:
-        return cls(row["id"], row["email"], row["display_name"], row["role"],
-                   row["is_active"], row["quota_bytes"], row["keep_versions"],
-                   row["keep_versions_days"], row["created_at"], row["updated_at"],
-                   int(row["used_bytes"]), int(row["file_count"]),
-                   int(row["trashed_file_count"]))
+        return from_record(cls, row, **{name: int(row[name]) for name in _USAGE_COUNTS})
 
 
 def like_pattern(text: str) -> str:
@@ -167,10 +165,7 @@ class NodeRow:
 
     @classmethod
     def of(cls, row: asyncpg.Record, replicas: int = 0, nbytes: int = 0) -> NodeRow:
-        return cls(row["id"], row["endpoint"], row["bucket"], row["zone"], row["weight"],
-                   row["admin_state"], row["health"], row["health_changed_at"],
-                   row["last_probe_at"], row["last_probe_latency_ms"], row["created_at"],
-                   row["updated_at"], replicas, nbytes)
+        return from_record(cls, row, replicas=replicas, bytes=nbytes)
 
 
 async def list_nodes(db: Executor) -> list[NodeRow]:

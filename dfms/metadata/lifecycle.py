@@ -10,6 +10,7 @@ import asyncpg
 
 from dfms.config import LifecycleConfig
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 
 Conn = Connection | asyncpg.Pool
 
@@ -96,8 +97,7 @@ async def list_versions(conn: Conn, file_id: uuid.UUID) -> list[VersionRow]:
         "SELECT v.version, v.manifest_id, m.size, m.sha256, v.mime_type, m.chunk_count, "
         "v.created_at FROM file_versions v JOIN manifests m ON m.id = v.manifest_id "
         "WHERE v.file_id = $1 ORDER BY v.version DESC", file_id)
-    return [VersionRow(r["version"], r["manifest_id"], r["size"], bytes(r["sha256"]),
-                       r["mime_type"], r["chunk_count"], r["created_at"]) for r in rows]
+    return [from_record(VersionRow, r, sha256=bytes(r["sha256"])) for r in rows]
 
 
 async def add_version(conn: Connection, file_id: uuid.UUID, manifest_id: uuid.UUID,

@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 
 Conn = Connection | asyncpg.Pool
 
@@ -40,9 +41,7 @@ _UPLOAD = ("SELECT id, owner_id, folder_id, file_name, file_size, state, created
 
 
 def _upload(row: asyncpg.Record) -> Upload:
-    return Upload(row["id"], row["owner_id"], row["folder_id"], row["file_name"],
-                  row["file_size"], row["state"], row["created_at"], row["expires_at"],
-                  row["expired"])
+    return from_record(Upload, row)
 
 
 async def create(conn: Conn, owner: uuid.UUID, folder: uuid.UUID | None, name: str,
@@ -68,8 +67,7 @@ async def parts(conn: Conn, upload_id: uuid.UUID) -> list[Part]:
     rows = await conn.fetch(
         "SELECT part_number, manifest_id, size, sha256, uploaded_at FROM multipart_parts "
         "WHERE upload_id = $1 ORDER BY part_number", upload_id)
-    return [Part(r["part_number"], r["manifest_id"], r["size"], bytes(r["sha256"]),
-                 r["uploaded_at"]) for r in rows]
+    return [from_record(Part, r, sha256=bytes(r["sha256"])) for r in rows]
 
 
 async def part_size(conn: Conn, upload_id: uuid.UUID, number: int) -> int:

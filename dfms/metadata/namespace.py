@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 
 ROOT = uuid.UUID(int=0)  # stands for "no parent" in lock keys and COALESCE
 
@@ -34,10 +35,9 @@ class FileRow:
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: asyncpg.Record) -> FileRow:
-        return cls(row["id"], row["name"], row["folder_id"], row["size"], bytes(row["sha256"]),
-                   row["mime_type"], row["version"], row["chunk_count"], row["manifest_id"],
-                   row["created_at"], row["updated_at"])
+    def of(cls, row: asyncpg.Record, **given: Any) -> FileRow:
+        """The file of ``row``; ``given`` fields replace its columns (see from_record)."""
+        return from_record(cls, row, sha256=bytes(row["sha256"]), **given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +50,7 @@ class FolderRow:
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> FolderRow:
-        return cls(row["id"], row["name"], row["parent_id"], row["created_at"],
-                   row["updated_at"])
+        return from_record(cls, row)
 
 
 FILE_COLUMNS = """

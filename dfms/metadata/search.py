@@ -247,13 +247,8 @@ def build_sql(owner: uuid.UUID, query: Query, filters: Filters, *, limit: int,
 
 def _item(row: asyncpg.Record) -> FileRow | FolderRow:
     if row["kind"] == "folder":
-        return FolderRow(id=row["id"], name=row["name"], parent_id=row["parent_id"],
-                         created_at=row["created_at"], updated_at=row["updated_at"])
-    return FileRow(id=row["id"], name=row["name"], folder_id=row["parent_id"],
-                   size=row["size"], sha256=bytes(row["sha256"]), mime_type=row["mime_type"],
-                   version=row["version"], chunk_count=row["chunk_count"],
-                   manifest_id=row["manifest_id"], created_at=row["created_at"],
-                   updated_at=row["updated_at"])
+        return FolderRow.of(row)
+    return FileRow.of(row, folder_id=row["parent_id"])  # one column holds both parents
 
 
 async def search(conn: Connection, owner: uuid.UUID, query: Query, filters: Filters,

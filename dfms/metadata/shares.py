@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 
 ACTIVE, EXPIRED, REVOKED, EXHAUSTED = "active", "expired", "revoked", "exhausted"
 STATES = (ACTIVE, EXPIRED, REVOKED, EXHAUSTED)
@@ -55,10 +56,7 @@ class ShareRow:
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> ShareRow:
-        return cls(row["id"], row["file_id"], row["owner_id"], row["created_at"],
-                   row["expires_at"], row["max_downloads"], row["download_count"],
-                   row["password_hash"], row["revoked_at"], row["state"], row["file_name"],
-                   bool(row["file_available"]))
+        return from_record(cls, row, file_available=bool(row["file_available"]))
 
     @property
     def has_password(self) -> bool:

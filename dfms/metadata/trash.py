@@ -16,6 +16,7 @@ import asyncpg
 
 from dfms.metadata import namespace as ns
 from dfms.metadata.db import Connection
+from dfms.metadata.records import from_record
 
 MAX_NAME_BYTES = 255  # the limit names are validated against at the API
 
@@ -52,8 +53,9 @@ SELECT * FROM (
 
 
 def _item(row: asyncpg.Record) -> TrashItem:
-    return TrashItem(row["id"], row["kind"], row["name"], row["parent_id"],
-                     row["original_path"] or "/", row["deleted_at"], int(row["size"]))
+    # A folder's size is a sum (numeric); an item trashed before paths were kept has none.
+    return from_record(TrashItem, row, original_path=row["original_path"] or "/",
+                       size=int(row["size"]))
 
 
 async def list_trash(conn: Connection | asyncpg.Pool, owner: uuid.UUID, limit: int,
