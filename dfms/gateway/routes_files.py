@@ -13,11 +13,10 @@ from dfms.gateway.bodies import incoming_file, store_stream
 from dfms.gateway.commit import Content, commit_content, committed_response, precheck, quota_error
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, path_param
 from dfms.gateway.errors import ApiError, not_found
-from dfms.gateway.folders import name_clash, resolve_parent
+from dfms.gateway.folders import claim_name, requested_place, resolve_parent
 from dfms.gateway.http import bool_param, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
 from dfms.gateway.mime import detect
-from dfms.gateway.names import clean_name
 from dfms.gateway.security import authenticate
 from dfms.gateway.serve import serve_content
 from dfms.gateway.views import file_json
@@ -86,12 +85,10 @@ async def update_file(request: web.Request) -> web.Response:
         current = await ns.get_file(conn, user.id, file_id)
         if current is None:
             raise not_found("file")
-        name = clean_name(doc["name"], "file name") if "name" in doc else current.name
-        folder = (await resolve_parent(conn, user, doc["folder_id"]) if "folder_id" in doc
-                  else current.folder_id)
-        await ns.lock_names(conn, user.id, folder)
-        if await ns.name_taken(conn, user.id, folder, name, except_id=file_id):
-            raise name_clash(name)
+        name, folder = await requested_place(conn, user, doc, kind="file",
+                                             parent_field="folder_id", name=current.name,
+                                             parent=current.folder_id)
+        await claim_name(conn, user, folder, name, except_id=file_id)
         await ns.update_file(conn, file_id, name, folder)
         row = await ns.get_file(conn, user.id, file_id)
     assert row is not None

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from dfms.gateway.context import API_PREFIX, PG_KEY
 from dfms.gateway.errors import conflict, not_found
-from dfms.gateway.folders import ROOT_ALIAS, name_clash, resolve_parent
+from dfms.gateway.folders import ROOT_ALIAS, claim_name, requested_place, resolve_parent
 from dfms.gateway.http import bool_param, field, only_fields, parse_uuid, read_json
 from dfms.gateway.listing import files_page
 from dfms.gateway.names import clean_name
@@ -26,9 +26,7 @@ async def create_folder(request: web.Request) -> web.Response:
     name = clean_name(field(doc, "name", str), "folder name")
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
         parent = await resolve_parent(conn, user, doc.get("parent_id"))
-        await ns.lock_names(conn, user.id, parent)
-        if await ns.name_taken(conn, user.id, parent, name):
-            raise name_clash(name)
+        await claim_name(conn, user, parent, name)
         row = await ns.create_folder(conn, user.id, parent, name)
     return web.json_response(folder_json(row), status=201)
 
@@ -63,14 +61,12 @@ async def update_folder(request: web.Request) -> web.Response:
         current = await ns.get_folder(conn, user.id, folder_id)
         if current is None:
             raise not_found("folder")
-        name = clean_name(doc["name"], "folder name") if "name" in doc else current.name
-        parent = (await resolve_parent(conn, user, doc["parent_id"]) if "parent_id" in doc
-                  else current.parent_id)
+        name, parent = await requested_place(conn, user, doc, kind="folder",
+                                             parent_field="parent_id", name=current.name,
+                                             parent=current.parent_id)
         if parent is not None and await ns.is_descendant(conn, folder_id, parent):
             raise conflict("folder_cycle", "a folder cannot move into itself or below itself")
-        await ns.lock_names(conn, user.id, parent)
-        if await ns.name_taken(conn, user.id, parent, name, except_id=folder_id):
-            raise name_clash(name)
+        await claim_name(conn, user, parent, name, except_id=folder_id)
         row = await ns.update_folder(conn, folder_id, name, parent)
     return web.json_response(folder_json(row))
 
