@@ -282,11 +282,12 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
 
 
 def _end_group(pgid: int) -> None:
-    """Kill what is left of the group of a leader that died: PostgreSQL's backends
-    outlive a killed postmaster for a moment, still attached to its shared memory,
-    and the next postmaster refuses to start beside them. Only ours are hit: the
-    kernel gives no new process the number while the group has members, and hands
-    numbers out in turn, so not again within the moment since the leader was reaped."""
+    """Kill what is left of the group of a leader that died: a worker it forked (a
+    Redis save child; PostgreSQL's backends, until they notice the dead postmaster,
+    which they do at once) belongs to nobody now and may hold the ports, files or
+    shared memory the restarted server needs. Only ours are hit: the kernel gives no
+    new process the number while the group has members, and hands numbers out in
+    turn, so not again within the moment since the leader was reaped."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
