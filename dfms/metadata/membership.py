@@ -246,7 +246,10 @@ async def set_weight(db: Db, node_id: str, weight: float) -> Outcome:
         current, epoch = member(ring, node_id), None
         if ring is not None and current is not None and current.weight != weight:
             builder = RingBuilder(ring)
-            builder.set_weight(node_id, weight)
+            try:
+                builder.set_weight(node_id, weight)
+            except InvalidRing as exc:
+                raise RingRefused(node_id, str(exc)) from None
             ring = await _save(conn, builder, node_id)
             epoch = ring.epoch
         if node.weight != weight:
