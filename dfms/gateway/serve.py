@@ -76,43 +76,16 @@ async def _stream(request: web.Request, row: ns.FileRow, headers: dict[str, str]
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_type = content_type
     resp.content_length = sum(length + len(head) for _, length, head in parts) + len(trailer)
-    chunks = request.app[CHUNKS_KEY]
-    idle_s = request.app[CONFIG_KEY].gateway.body_idle_timeout_s
     first: AsyncGenerator[bytes, None] | None = None
+    head_piece = b""
     if row.size and request.method != "HEAD":
-        # Start reading before the headers go out, so a missing manifest or an
-        # unreadable first chunk is still a proper error response.
-        start, length, _ = parts[0]
-        first = chunks.download(manifest_id=str(row.manifest_id), offset=start, length=length)
-        try:
-            head_piece = await anext(first, b"")
-        except ChunkUnavailable as exc:
-            raise api_error(exc) from exc
-        except DependencyUnavailable:
-            raise  # answered by the error table: which dependency is away
-        except ChunkServiceError as exc:
-            raise ApiError(503, "storage_unavailable", "the content cannot be read now; "
-                           "try again later", {"Retry-After": "5"}) from exc
+        first, head_piece = await _first_piece(request, row, parts[0])
     await resp.prepare(request)
-    if request.method == "HEAD" or not row.size:
+    if first is None:
         await resp.write_eof()
         return resp
-    assert first is not None
     try:
-        async with contextlib.aclosing(first):
-            await _write(resp, parts[0][2], idle_s)
-            await _write(resp, head_piece, idle_s)
-            async for piece in first:
-                await _write(resp, piece, idle_s)
-        for start, length, head in parts[1:]:
-            await _write(resp, head, idle_s)
-            stream = chunks.download(manifest_id=str(row.manifest_id), offset=start,
-                                     length=length)
-            async with contextlib.aclosing(stream):
-                async for piece in stream:
-                    await _write(resp, piece, idle_s)
-        await _write(resp, trailer, idle_s)
-        await resp.write_eof()
+        await _write_parts(request, resp, row, first, head_piece, parts, trailer)
     except Exception as exc:
         # Headers (with Content-Length) are out: never end a short body as if complete.
         log.warning("download aborted", extra={"file": str(row.id), "error": str(exc)})
@@ -120,6 +93,45 @@ async def _stream(request: web.Request, row: ns.FileRow, headers: dict[str, str]
             request.transport.abort()
         raise ConnectionResetError("download aborted") from exc
     return resp
+
+
+async def _first_piece(request: web.Request, row: ns.FileRow, part: tuple[int, int, bytes]
+                       ) -> tuple[AsyncGenerator[bytes, None], bytes]:
+    """The first part's stream and its first piece, read before the headers go out, so
+    a missing manifest or an unreadable first chunk is still a proper error response."""
+    start, length, _ = part
+    first = request.app[CHUNKS_KEY].download(manifest_id=str(row.manifest_id), offset=start,
+                                             length=length)
+    try:
+        return first, await anext(first, b"")
+    except ChunkUnavailable as exc:
+        raise api_error(exc) from exc
+    except DependencyUnavailable:
+        raise  # answered by the error table: which dependency is away
+    except ChunkServiceError as exc:
+        raise ApiError(503, "storage_unavailable", "the content cannot be read now; "
+                       "try again later", {"Retry-After": "5"}) from exc
+
+
+async def _write_parts(request: web.Request, resp: web.StreamResponse, row: ns.FileRow,
+                       first: AsyncGenerator[bytes, None], head_piece: bytes,
+                       parts: list[tuple[int, int, bytes]], trailer: bytes) -> None:
+    chunks = request.app[CHUNKS_KEY]
+    idle_s = request.app[CONFIG_KEY].gateway.body_idle_timeout_s
+    async with contextlib.aclosing(first):
+        await _write(resp, parts[0][2], idle_s)
+        await _write(resp, head_piece, idle_s)
+        async for piece in first:
+            await _write(resp, piece, idle_s)
+    for start, length, head in parts[1:]:
+        await _write(resp, head, idle_s)
+        stream = chunks.download(manifest_id=str(row.manifest_id), offset=start,
+                                 length=length)
+        async with contextlib.aclosing(stream):
+            async for piece in stream:
+                await _write(resp, piece, idle_s)
+    await _write(resp, trailer, idle_s)
+    await resp.write_eof()
 
 
 async def _write(resp: web.StreamResponse, data: bytes, idle_s: float) -> None:
