@@ -287,6 +287,10 @@ class RateLimitGuard:
         self._failing, self._skip_until = False, 0.0
         return decision
 
+    def recovered(self) -> None:
+        """Redis answered elsewhere (the readiness check): end the back-off now."""
+        self._failing, self._skip_until = False, 0.0
+
     def _failed(self, exc: Exception) -> None:
         REDIS_ERRORS.inc()
         now = time.monotonic()

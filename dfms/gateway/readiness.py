@@ -1,7 +1,9 @@
 """The gateway's readiness: its dependencies, and whether uploads can succeed.
 
 Uploads need the chunk service to reach W usable nodes; downloads need one replica,
-and listings, metadata and accounts need only PostgreSQL. Without a write quorum the
+and listings, metadata and accounts need only PostgreSQL. Redis is needed only when
+rate limits fail closed; failing open, its absence is "degraded" (requests pass
+unlimited), not a reason to leave the load balancer. Without a write quorum the
 gateway still serves all of that, so ``/ready`` stays 200 with status "degraded" and
 ``"writable": false`` instead of taking every gateway out of the load balancer at
 once (the condition is the cluster's, not this instance's). docs/operations.md
@@ -18,6 +20,7 @@ from prometheus_client import Gauge
 from dfms.chunkservice.client import ChunkClient
 from dfms.chunkservice.writepath import WritePath, from_stat
 from dfms.gateway.context import CHUNKS_KEY, PG_KEY, REDIS_KEY
+from dfms.gateway.ratelimit import GUARD_KEY
 from dfms.runtime.ops import CheckResult, Degraded, ReadyCheck, add_ops_routes
 
 WRITABLE = Gauge("dfms_gateway_writable",
@@ -55,7 +58,16 @@ def _checks(app: web.Application) -> dict[str, ReadyCheck]:
             await conn.fetchval("SELECT 1")
 
     async def redis() -> None:
-        await app[REDIS_KEY].ping()
+        guard = app.get(GUARD_KEY)
+        try:
+            await app[REDIS_KEY].ping()
+        except Exception as exc:
+            if guard is not None and not guard.cfg.fail_open:
+                raise  # every limited request answers 503: not ready
+            raise Degraded("Redis is unreachable: rate limits are not enforced "
+                           "(ratelimit.fail_open)") from exc
+        if guard is not None:
+            guard.recovered()  # Redis answers: no need to wait out the limiter's back-off
 
     async def chunk_service() -> dict[str, object]:
         path = await write_path(app[CHUNKS_KEY])

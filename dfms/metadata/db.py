@@ -54,12 +54,28 @@ def metadata_outage(exc: BaseException) -> MetadataUnavailable | None:
     """
     if isinstance(exc, MetadataUnavailable):
         return exc
-    if not (isinstance(exc, _OUTAGE_TYPES) or (isinstance(exc, _OUTAGE_IF_FROM_ASYNCPG)
-                                               and _raised_in_asyncpg(exc.__traceback__))):
+    if not any(_is_outage(e) for e in _chain(exc)):
         return None
     found = MetadataUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}")
     found.__cause__ = exc
     return found
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGE_TYPES) or (
+        isinstance(exc, _OUTAGE_IF_FROM_ASYNCPG) and _raised_in_asyncpg(exc.__traceback__))
+
+
+def _chain(exc: BaseException, limit: int = 5) -> list[BaseException]:
+    """``exc`` and what it was raised from or while handling: a pool that releases a
+    connection broken mid-query fails again (an InternalClientError about the
+    protocol's state) while the ConnectionDoesNotExistError is being handled."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < limit:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def _raised_in_asyncpg(tb: TracebackType | None) -> bool:

@@ -77,6 +77,21 @@ async def test_postgres_refusing_is_an_outage_and_other_errors_are_not() -> None
         assert metadata_outage(exc) is None, exc
 
 
+def test_an_error_raised_while_handling_a_broken_connection_is_an_outage() -> None:
+    """asyncpg's pool, releasing a connection that broke mid-query, fails on the reset
+    with an InternalClientError; the outage is what it was handling."""
+    state = "cannot switch to state 15; another operation (2) is in progress"
+    try:
+        try:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+        except asyncpg.PostgresError:
+            raise asyncpg.exceptions.InternalClientError(state) from None
+    except asyncpg.exceptions.InternalClientError as exc:
+        assert exc.__cause__ is None and exc.__context__ is not None
+        assert isinstance(metadata_outage(exc), deps.MetadataUnavailable)
+    assert metadata_outage(asyncpg.exceptions.InternalClientError(state)) is None
+
+
 async def test_the_gateway_answers_a_refused_database_with_503_metadata_unavailable() -> None:
     async def handler(request: web.Request) -> web.Response:
         await asyncpg.connect(f"postgresql://u:p@127.0.0.1:{closed_port()}/db", timeout=5)

@@ -12,9 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from dfms.chunkservice.writepath import from_stat, write_path
+from dfms.config import RateLimitConfig
 from dfms.errors import DependencyUnavailable
 from dfms.gateway import readiness
 from dfms.gateway.context import CHUNKS_KEY, PG_KEY, REDIS_KEY
+from dfms.gateway.ratelimit import GUARD_KEY, RateLimitGuard, Unavailable
 from dfms.proto import chunk_pb2 as pb
 from dfms.runtime.ops import Degraded, ReadyCheck, add_ops_routes
 
@@ -103,7 +105,12 @@ class _Pool:
 
 
 class _Redis:
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
+
     async def ping(self) -> bool:
+        if not self.up:
+            raise ConnectionRefusedError("Redis is away")
         return True
 
 
@@ -117,11 +124,14 @@ class _Chunks:
         return self.answer
 
 
-async def _gateway_ready(stat: pb.StatResponse | None) -> tuple[int, dict[str, Any]]:
+async def _gateway_ready(stat: pb.StatResponse | None, redis: _Redis | None = None,
+                         guard: RateLimitGuard | None = None) -> tuple[int, dict[str, Any]]:
     app = web.Application()
     app[PG_KEY] = _Pool()  # type: ignore[assignment]
-    app[REDIS_KEY] = _Redis()  # type: ignore[assignment]
+    app[REDIS_KEY] = redis or _Redis()  # type: ignore[assignment]
     app[CHUNKS_KEY] = _Chunks(stat)  # type: ignore[assignment]
+    if guard is not None:
+        app[GUARD_KEY] = guard
     readiness.setup_ops_routes(app)
     return await _get_ready(app)
 
@@ -147,3 +157,28 @@ async def test_the_gateway_is_not_ready_without_its_chunk_service() -> None:
     status, body = await _gateway_ready(None)
     assert status == 503 and body["status"] == "not_ready" and body["writable"] is False
     assert body["dependencies"]["chunk_service"]["ok"] is False
+
+
+def _guard(fail_open: bool) -> RateLimitGuard:
+    return RateLimitGuard(RateLimitConfig(fail_open=fail_open), None,  # type: ignore[arg-type]
+                          None, 1.0)  # type: ignore[arg-type]
+
+
+async def test_redis_away_is_degraded_when_limits_fail_open_and_not_ready_when_closed() -> None:
+    healthy = _stat(("node-1", "healthy", "active"), ("node-2", "healthy", "active"))
+    status, body = await _gateway_ready(healthy, _Redis(up=False), _guard(fail_open=True))
+    assert (status, body["status"]) == (200, "degraded"), body
+    assert "rate limits are not enforced" in body["dependencies"]["redis"]["detail"]
+    status, body = await _gateway_ready(healthy, _Redis(up=False), _guard(fail_open=False))
+    assert (status, body["status"]) == (503, "not_ready"), body
+
+
+async def test_redis_answering_the_ready_check_ends_the_limiters_back_off() -> None:
+    guard = _guard(fail_open=False)
+    guard._failed(ConnectionRefusedError("Redis is away"))
+    with pytest.raises(Unavailable):  # in its back-off: no request even tries Redis
+        await guard.check([])
+    healthy = _stat(("node-1", "healthy", "active"), ("node-2", "healthy", "active"))
+    status, _ = await _gateway_ready(healthy, _Redis(up=True), guard)
+    assert status == 200
+    assert guard._skip_until == 0.0 and not guard._failing
