@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -315,3 +316,23 @@ async def test_data_survives_restart_and_stop_leaves_no_process() -> None:
     finally:
         await asyncio.to_thread(handle.stop)
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_sigusr2_writes_a_services_stacks_to_its_log_and_it_goes_on(
+        cluster: ClusterHandle) -> None:
+    assert cluster.log_path is not None, "the suite's cluster logs to a file"
+    size = cluster.log_path.stat().st_size
+    pid = int(cluster.read_info()["services"]["gateway"]["pid"])
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while "gateway" not in (new := cluster.log_path.read_bytes()[size:].decode(errors="replace")
+                            ) or "=== threads" not in new:
+        assert time.monotonic() < deadline, new[-2000:]
+        await asyncio.sleep(0.1)
+    dump = [line for line in new.splitlines() if line.startswith("gateway")]
+    assert any("asyncio task(s)" in line for line in dump), new[-2000:]
+    assert any("--- task" in line for line in dump)
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{cluster.gateway_url}/health") as resp:
+        assert resp.status == 200  # it went on serving
+    assert pid_alive(pid)

@@ -10,6 +10,7 @@ fixture of ``tests/conftest.py`` is not used here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_CLUSTER_CONFIG
-from tests.support.cluster import ClusterHandle, make_data_dir
+from tests.support.cluster import ClusterHandle, dump_service_stacks, make_data_dir
+from tests.support.probe import ON_TIMEOUT
 
 ClusterFactory = Callable[..., Awaitable[ClusterHandle]]
 
@@ -51,6 +53,7 @@ async def fresh_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster
         started.append((data_dir, handle))
         await asyncio.to_thread(handle.start, "--nodes", str(nodes),
                                 config=TEST_CLUSTER_CONFIG)
+        ON_TIMEOUT.append(functools.partial(dump_service_stacks, handle))
         if quiet:
             for name in DRIVEN_BY_TEST:
                 await handle.control("stop", name)
@@ -60,6 +63,7 @@ async def fresh_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster
         yield start
     finally:
         failed = request.node.stash.get(_FAILED, True)
+        ON_TIMEOUT.clear()
         for data_dir, handle in started:
             code = await asyncio.to_thread(handle.stop)
             if code == 0 and not failed:

@@ -90,11 +90,19 @@ def did_work(stats: PassStats) -> bool:
                                      if name not in IDLE_COUNTERS)
 
 
+# Run when a wait times out, before it fails: the probes' fixture registers one per
+# cluster, which has every DFMS service write its stacks to the log that is kept, so
+# a hang is seen where it happened rather than guessed at afterwards.
+ON_TIMEOUT: list[Callable[[], None]] = []
+
+
 async def wait_until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0,
                      every_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
         if time.monotonic() > deadline:
+            for hook in ON_TIMEOUT:
+                await asyncio.to_thread(hook)
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         await asyncio.sleep(every_s)
 
