@@ -27,7 +27,9 @@ from dfms.localstack.records import ProcessRecord, record_for
 from tests.support.cluster import ClusterHandle, make_data_dir
 
 KILLS = 10
-GONE_WITHIN_S = 5.0
+# Orphans get their stop signal and stop gracefully, not at once: a `weed mini` takes
+# 2-3 s, and the broker up to 5 s when its own S3 store is stopping beside it.
+GONE_WITHIN_S = 20.0
 
 
 def processes_of(data_dir: Path) -> dict[int, str]:
