@@ -43,6 +43,7 @@ from prometheus_client import Counter
 from dfms.config import Config
 from dfms.errors import BrokerUnavailable
 from dfms.events.envelope import Event, MalformedEvent, decode_event, dump_json
+from dfms.events.lag import LagMeter
 from dfms.events.topics import DEAD_LETTER_TOPIC, start_producer
 from dfms.metadata.db import Connection, create_pool
 from dfms.runtime.logs import get_logger
@@ -128,6 +129,7 @@ class EventConsumer(Service):
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._assigned = asyncio.Event()
+        self._lag = LagMeter(self.group_id, self.topics)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -218,9 +220,11 @@ class EventConsumer(Service):
                     finally:
                         if done is not None:
                             await self._commit(consumer, tp, done.offset + 1)
+                            self._lag.handled(tp, done.offset + 1)
                     if self._stopping.is_set():
                         # What was fetched but not handled is redelivered to the next owner.
                         return
+                self._lag.update(consumer)
         except Exception:
             self.log.exception("the consume loop failed; the consumer stopped")
             raise
