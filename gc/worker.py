@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from prometheus_client import Counter, Gauge
 
 from dfms.config import Config
 from dfms.gc.collector import CHUNK_COUNTERS, ChunkCollector
@@ -35,9 +36,25 @@ from dfms.runtime.service import PassStats
 # The advisory-lock key every collector takes: only one runs a pass at a time.
 GC_LOCK_KEY = 0x0DF5_0006
 SKIPPED = "skipped_other_collector_running"
+RECLAIMED_BYTES = Counter("dfms_gc_reclaimed_bytes_total",
+                          "Bytes deleted from nodes by GC (one copy of each chunk swept, "
+                          "plus orphan objects)", ["kind"])
+LAST_SUCCESS = Gauge("dfms_gc_last_success_timestamp_seconds",
+                     "Unix time the last GC pass finished without errors (0: none yet)")
+# The pass counters that are reclaimed bytes, by the label they get.
+RECLAIMED_COUNTERS = {"chunks": "bytes_swept", "orphans": "orphan_bytes_deleted"}
 # Every pass reports all of these (0 when there was nothing to do).
 LIFECYCLE_COUNTERS = ("multipart_expired", "trash_items_purged", "trash_files_purged",
                       "versions_pruned")
+
+
+def record_pass(stats: PassStats, now: float | None = None) -> None:
+    """Reclaimed bytes always; the success time only for a pass without errors (a pass
+    that raised never gets here, so an alert on this gauge's age catches both)."""
+    for kind, counter in RECLAIMED_COUNTERS.items():
+        RECLAIMED_BYTES.labels(kind).inc(stats.counters.get(counter, 0))
+    if stats.errors == 0:
+        LAST_SUCCESS.set(time.time() if now is None else now)
 
 
 class _DryRunDone(Exception):
@@ -79,6 +96,8 @@ class GcWorker(PooledService):
                 # (Should this fail, releasing the connection to the pool resets it,
                 # which unlocks it too: asyncpg runs pg_advisory_unlock_all().)
                 await conn.execute("SELECT pg_advisory_unlock($1)", GC_LOCK_KEY)
+        if not dry:
+            record_pass(stats)
         return stats
 
     async def _pass(self, conn: Connection, stats: PassStats, *,

@@ -26,6 +26,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from dfms.config import Config
+from dfms.healthmon.cluster_gauges import ClusterGauges
 from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_config
 from dfms.healthmon.record import lock_node, record_change
 from dfms.healthmon.state import Health, NodeTrack, Thresholds, seed, step
@@ -80,6 +81,7 @@ class HealthMonitor(PooledService):
         self._s3 = probe_s3_config(config.s3, config.healthmon.probe_timeout_s)
         self._nodes = NodeRegistry(self._s3, select=not_removed, name="healthmon-nodes")
         self._tracks: dict[str, NodeTrack] = {}
+        self._gauges = ClusterGauges(config.replication.replicas_n)
 
     @property
     def ops_port(self) -> int:
@@ -114,7 +116,18 @@ class HealthMonitor(PooledService):
                     await self._record_safely(conn, node_id, result, stats)
         except DB_ERRORS:  # acquiring a connection failed: nothing of this pass is stored
             self._db_error(stats, "no database connection to record the probes")
+        await self._refresh_gauges(pool, stats)
         return stats
+
+    async def _refresh_gauges(self, pool: asyncpg.Pool, stats: PassStats) -> None:
+        """After the probes were recorded, so "at risk" sees this pass's down nodes."""
+        if not self._gauges.due():
+            return
+        try:
+            async with pool.acquire() as conn:
+                await self._gauges.refresh(conn)
+        except DB_ERRORS:  # stale gauges are better than a failed probe pass
+            self._db_error(stats, "computing the cluster gauges failed")
 
     async def _sync_nodes(self, rows: list[NodeRow]) -> None:
         """Drop clients whose endpoint moved; forget nodes that were removed or deleted."""

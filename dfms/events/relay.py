@@ -52,6 +52,15 @@ from dfms.runtime.tasks import cancel_and_wait
 PUBLISHED = Counter("dfms_outbox_published_total", "Outbox events published to Kafka",
                     ["topic"])
 BACKLOG = Gauge("dfms_outbox_backlog", "Outbox events not yet published")
+OLDEST_UNSENT = Gauge("dfms_outbox_oldest_unsent_age_seconds",
+                      "Age of the oldest outbox event not yet published (0 when none)")
+# The age is the head of the relay's work list (lowest id), one row of the partial
+# index: a min(occurred_at) would read every unsent row's heap tuple.
+_UNSENT = """
+SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS n,
+       (SELECT extract(epoch FROM now() - occurred_at) FROM outbox
+        WHERE published_at IS NULL ORDER BY id LIMIT 1) AS age
+"""
 PUBLISH_ERRORS = Counter("dfms_outbox_publish_errors_total",
                          "Outbox events whose publish attempt failed")
 
@@ -186,7 +195,10 @@ class OutboxRelay(PooledService):
         else:
             self._more = True
         await self._cleanup(pool, stats)
-        BACKLOG.set(await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        unsent = await pool.fetchrow(_UNSENT)
+        assert unsent is not None  # an aggregate query gives one row
+        BACKLOG.set(unsent["n"])
+        OLDEST_UNSENT.set(float(unsent["age"] or 0.0))
         # Back off only when nothing gets through: one bad row must not slow the rest.
         self._pass_failed = stats.errors > 0 and not stats.counters.get("published")
         return stats

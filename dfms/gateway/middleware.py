@@ -26,6 +26,16 @@ LATENCY = Histogram("dfms_http_request_seconds", "Gateway time to response heade
                     buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 120))
 
 
+# Methods a client may send are any token: others share one label value, so a
+# scanner cannot grow the series without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 def request_id(request: web.Request) -> str:
     return request.get(REQUEST_ID_KEY, "")
 
@@ -46,7 +56,7 @@ async def request_id_middleware(request: web.Request,
                                 handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request[REQUEST_ID_KEY] = given if _CLIENT_ID_RE.match(given) else uuid.uuid4().hex
-    route, method = _route_name(request), request.method
+    route, method = _route_name(request), method_label(request.method)
     with LATENCY.labels(route, method).time():
         try:
             response = await handler(request)

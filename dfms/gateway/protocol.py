@@ -30,7 +30,13 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.web_request import BaseRequest
 
-from dfms.gateway.middleware import REQUEST_ID_HEADER, REQUEST_ID_KEY, REQUESTS, log
+from dfms.gateway.middleware import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_KEY,
+    REQUESTS,
+    log,
+    method_label,
+)
 
 # How a request line (Python parser: "GET /...") or a request target (C parser: the
 # URL alone, origin- or absolute-form) starts; a header line starts with its name.
@@ -120,7 +126,8 @@ class GatewayRequestHandler(web.RequestHandler):
             REQUESTS.labels(UNPARSED_ROUTE, "-", str(answer.status)).inc()
         else:  # a handler failed outside the middlewares (which count what they answer)
             log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-            REQUESTS.labels("unhandled", request.method, str(answer.status)).inc()
+            REQUESTS.labels("unhandled", method_label(request.method),
+                            str(answer.status)).inc()
         resp = web.json_response(
             {"error": {"code": answer.code, "message": answer.message, "request_id": rid}},
             status=answer.status, headers={REQUEST_ID_HEADER: rid})

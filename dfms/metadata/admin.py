@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from dfms.healthmon.state import Health
 from dfms.metadata.db import Connection
 from dfms.metadata.records import from_record
 from dfms.metadata.states import AdminState, ChunkState, ReplicaState
@@ -246,6 +247,11 @@ class ClusterNumbers:
     under_replicated_chunks: int
     repair_queue_length: int
     ring_epoch: int
+    # Fewer than n ok replicas on nodes that are up now (not down, not removed):
+    # unlike under_replicated_chunks, a node outage shows here at once.
+    chunks_at_risk: int = 0
+    # No ok replica on any node that is not removed: the bytes are gone.
+    chunks_unrecoverable: int = 0
 
     @property
     def dedup_ratio(self) -> float | None:
@@ -259,17 +265,47 @@ SELECT count(*) FILTER (WHERE state = '{ChunkState.LIVE}') AS live,
 FROM chunks
 """
 
-# Live chunks with fewer than $1 ok replicas on nodes that are not removed ($2):
-# replicas are counted per chunk in one hashed pass, then joined to the chunks.
-_UNDER_REPLICATED = f"""
-SELECT count(*) FROM chunks c
+# Live chunks by their ok replicas, counted per chunk in one hashed pass and joined
+# to the chunks: on nodes that are not removed ($2) for under-replicated (fewer than
+# $1) and unrecoverable (none), on nodes that are also not down now ($3) for at risk.
+_REPLICA_RISK = f"""
+SELECT count(*) FILTER (WHERE coalesce(k.ok, 0) < $1) AS under,
+       count(*) FILTER (WHERE coalesce(k.up_ok, 0) < $1) AS at_risk,
+       count(*) FILTER (WHERE coalesce(k.ok, 0) = 0) AS unrecoverable
+FROM chunks c
 LEFT JOIN (
-    SELECT r.chunk_sha256, count(*) AS ok FROM chunk_replicas r
-    WHERE r.state = '{ReplicaState.OK}' AND r.node_id <> ALL($2::text[])
+    SELECT r.chunk_sha256, count(*) FILTER (WHERE r.node_id <> ALL($2::text[])) AS ok,
+           count(*) FILTER (WHERE r.node_id <> ALL($3::text[])) AS up_ok
+    FROM chunk_replicas r WHERE r.state = '{ReplicaState.OK}'
     GROUP BY r.chunk_sha256
 ) k ON k.chunk_sha256 = c.sha256
-WHERE c.state = '{ChunkState.LIVE}' AND coalesce(k.ok, 0) < $1
+WHERE c.state = '{ChunkState.LIVE}'
 """
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRisk:
+    under_replicated: int
+    at_risk: int
+    unrecoverable: int
+
+
+def gone_and_not_up(nodes: list[NodeRow]) -> tuple[list[str], list[str]]:
+    """Ids of removed nodes, and of nodes whose replicas cannot be read now (removed or
+    down; a suspect node still answers most reads, so it counts as up)."""
+    removed = [n.id for n in nodes if n.admin_state == AdminState.REMOVED]
+    not_up = removed + [n.id for n in nodes
+                        if n.admin_state != AdminState.REMOVED and n.health == Health.DOWN]
+    return removed, not_up
+
+
+async def replica_risk(conn: Connection, replicas_n: int,
+                       nodes: list[NodeRow]) -> ReplicaRisk:
+    removed, not_up = gone_and_not_up(nodes)
+    row = await conn.fetchrow(_REPLICA_RISK, replicas_n, removed, not_up)
+    assert row is not None  # an aggregate query gives one row
+    return ReplicaRisk(int(row["under"]), int(row["at_risk"]), int(row["unrecoverable"]))
+
 
 # Enough memory for the per-chunk aggregate to stay one in-memory hash: with the
 # default 4 MB the planner walks both primary keys instead, about twice as slow
@@ -287,9 +323,8 @@ async def cluster_numbers(conn: Connection, replicas_n: int) -> ClusterNumbers:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(f"SET LOCAL work_mem = '{_AGGREGATE_WORK_MEM}'")
         nodes = await list_nodes(conn)
-        removed = [n.id for n in nodes if n.admin_state == AdminState.REMOVED]
         chunks = await conn.fetchrow(_CHUNK_TOTALS)
-        under = await conn.fetchval(_UNDER_REPLICATED, replicas_n, removed)
+        risk = await replica_risk(conn, replicas_n, nodes)
         logical = await conn.fetchval(_LOGICAL_BYTES)
         queue = await conn.fetchval("SELECT count(*) FROM repair_queue")
         epoch = await conn.fetchval("SELECT coalesce(max(epoch), 0) FROM ring_state")
@@ -298,10 +333,36 @@ async def cluster_numbers(conn: Connection, replicas_n: int) -> ClusterNumbers:
         nodes=nodes, chunk_count=int(chunks["live"]), stored_bytes=int(chunks["live_bytes"]),
         condemned_chunks=int(chunks["condemned"]),
         replicated_bytes=sum(n.bytes for n in nodes), logical_bytes=int(logical),
-        under_replicated_chunks=int(under), repair_queue_length=int(queue),
-        ring_epoch=int(epoch))
+        under_replicated_chunks=risk.under_replicated, repair_queue_length=int(queue),
+        ring_epoch=int(epoch), chunks_at_risk=risk.at_risk,
+        chunks_unrecoverable=risk.unrecoverable)
 
 
 async def scrub_state(db: Executor) -> asyncpg.Record | None:
     """The scrubber's progress (its ``scrub_state`` row), or ``None`` before its first pass."""
     return await db.fetchrow("SELECT * FROM scrub_state WHERE id = 'default'")
+
+
+# --- gauges -----------------------------------------------------------------------------
+
+_CHUNK_STATES = """
+SELECT state, count(*) AS n, coalesce(sum(size), 0)::bigint AS bytes
+FROM chunks GROUP BY state
+"""
+_QUEUE_AGE = "SELECT extract(epoch FROM now() - min(detected_at)) FROM repair_queue"
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeNumbers:
+    """What the cluster gauges add to the cluster view's numbers."""
+
+    chunks_by_state: dict[str, tuple[int, int]]  # state -> (chunks, bytes)
+    repair_queue_oldest_s: float  # 0 when the queue is empty
+    scrub: asyncpg.Record | None
+
+
+async def gauge_numbers(conn: Connection) -> GaugeNumbers:
+    states = {str(r["state"]): (int(r["n"]), int(r["bytes"]))
+              for r in await conn.fetch(_CHUNK_STATES)}
+    oldest = await conn.fetchval(_QUEUE_AGE)
+    return GaugeNumbers(states, float(oldest or 0.0), await scrub_state(conn))
