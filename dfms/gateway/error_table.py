@@ -19,6 +19,7 @@ from dfms.auth import errors as auth
 from dfms.auth.tokens import InvalidToken
 from dfms.chunkservice import errors as chunks
 from dfms.gateway.errors import ApiError, IncompleteBody
+from dfms.metadata import errors as meta
 from dfms.metadata.db import metadata_outage
 from dfms.nodes import InvalidNode
 from dfms.ring.errors import InvalidRing, RingConflict
@@ -61,6 +62,17 @@ ANSWERS: Mapping[type[BaseException], HttpAnswer] = MappingProxyType({
     auth.InvalidRefreshToken: HttpAnswer(401, auth.InvalidRefreshToken.code, None, _BEARER),
     auth.RefreshTokenReused: HttpAnswer(401, auth.RefreshTokenReused.code, None, _BEARER),
     InvalidToken: HttpAnswer(401, "invalid_token", None, _BEARER),
+    # versions and ring membership: the metadata layer's refusals
+    meta.VersionNotFound: HttpAnswer(404, "not_found", "version not found"),
+    meta.LastVersion: HttpAnswer(409, "last_version", "a file keeps at least one version; "
+                                 "delete the file instead"),
+    meta.QuotaExceeded: HttpAnswer(507, "quota_exceeded"),
+    meta.NodeNotFound: HttpAnswer(404, "not_found", "node not found"),
+    meta.NodeExists: HttpAnswer(409, "node_exists"),
+    meta.NodeRemoved: HttpAnswer(409, "node_removed"),
+    meta.LastActiveNode: HttpAnswer(409, "last_active_node"),
+    meta.NodeHoldsOnlyCopy: HttpAnswer(409, "node_holds_only_copy"),
+    meta.NodeUnreachable: HttpAnswer(422, "node_unreachable"),
     # the ring
     RingConflict: HttpAnswer(409, "ring_conflict", "the ring was changed concurrently by "
                              "another writer; retry the request"),

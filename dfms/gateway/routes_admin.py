@@ -8,8 +8,6 @@ these handlers parse, authorise, call it and render its outcome or its refusal.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -18,21 +16,12 @@ from aiohttp import web
 from dfms.auth import refresh
 from dfms.auth.accounts import ROLES
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
-from dfms.gateway.errors import ApiError, bad_request, conflict, forbidden, not_found
+from dfms.gateway.errors import bad_request, conflict, forbidden, not_found
 from dfms.gateway.http import field, int_param, only_fields, parse_uuid, read_json
 from dfms.gateway.readiness import write_path_json
 from dfms.gateway.security import require_admin
 from dfms.metadata import admin as adm
 from dfms.metadata import membership
-from dfms.metadata.errors import (
-    LastActiveNode,
-    MembershipError,
-    NodeExists,
-    NodeHoldsOnlyCopy,
-    NodeNotFound,
-    NodeRemoved,
-    NodeUnreachable,
-)
 from dfms.nodes import (
     NodeSpec,
     check_node_id,
@@ -214,28 +203,6 @@ def scrub_json(row: asyncpg.Record | None) -> dict[str, Any]:
 
 # The answers to the membership service's refusals. A RingRefused is an InvalidRing,
 # and a RingConflict passes through: the error table answers those (400, 409).
-_REFUSALS: dict[type[MembershipError], tuple[int, str]] = {
-    NodeExists: (409, "node_exists"),
-    NodeRemoved: (409, "node_removed"),
-    LastActiveNode: (409, "last_active_node"),
-    NodeHoldsOnlyCopy: (409, "node_holds_only_copy"),
-    NodeUnreachable: (422, "node_unreachable"),
-}
-
-
-@contextlib.contextmanager
-def _membership_answers() -> Iterator[None]:
-    try:
-        yield
-    except NodeNotFound:
-        raise not_found("node") from None
-    except MembershipError as exc:
-        answer = _REFUSALS.get(type(exc))
-        if answer is None:
-            raise
-        raise ApiError(*answer, str(exc)) from None
-
-
 async def list_nodes(request: web.Request) -> web.Response:
     await require_admin(request)
     nodes, ring = await membership.list_nodes(request.app[PG_KEY])
@@ -244,9 +211,8 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 async def get_node(request: web.Request) -> web.Response:
     await require_admin(request)
-    with _membership_answers():
-        node, ring = await membership.get_node(request.app[PG_KEY],
-                                               request.match_info["node_id"])
+    node, ring = await membership.get_node(request.app[PG_KEY],
+                                           request.match_info["node_id"])
     return web.json_response(node_json(node, ring))
 
 
@@ -264,9 +230,8 @@ def _new_node(doc: dict[str, Any]) -> NodeSpec:
 async def add_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     spec = _new_node(await read_json(request))
-    with _membership_answers():
-        done = await membership.add_node(request.app[PG_KEY], spec,
-                                         request.app[CONFIG_KEY].s3)
+    done = await membership.add_node(request.app[PG_KEY], spec,
+                                     request.app[CONFIG_KEY].s3)
     log.info("node added", extra={"admin": str(admin.id), "node": spec.node_id,
                                   "endpoint": spec.endpoint, "ring_epoch": done.epoch})
     return web.json_response(node_json(done.node, done.ring), status=201,
@@ -276,8 +241,7 @@ async def add_node(request: web.Request) -> web.Response:
 async def drain_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     node_id = request.match_info["node_id"]
-    with _membership_answers():
-        done = await membership.drain_node(request.app[PG_KEY], node_id)
+    done = await membership.drain_node(request.app[PG_KEY], node_id)
     if done.epoch is not None:
         log.info("node draining", extra={"admin": str(admin.id), "node": node_id,
                                          "ring_epoch": done.epoch})
@@ -287,8 +251,7 @@ async def drain_node(request: web.Request) -> web.Response:
 async def delete_node(request: web.Request) -> web.Response:
     admin = await require_admin(request)
     node_id = request.match_info["node_id"]
-    with _membership_answers():
-        done = await membership.remove_node(request.app[PG_KEY], node_id)
+    done = await membership.remove_node(request.app[PG_KEY], node_id)
     log.info("node removed", extra={"admin": str(admin.id), "node": node_id,
                                     "ring_epoch": done.epoch})
     return web.Response(status=204)

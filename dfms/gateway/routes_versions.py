@@ -7,9 +7,9 @@ import uuid
 
 from aiohttp import web
 
-from dfms.gateway.commit import etag_of, quota_error
+from dfms.gateway.commit import etag_of
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
-from dfms.gateway.errors import conflict, not_found
+from dfms.gateway.errors import not_found
 from dfms.gateway.http import parse_uuid
 from dfms.gateway.security import authenticate
 from dfms.gateway.serve import serve_content
@@ -17,7 +17,6 @@ from dfms.gateway.views import file_json
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns
 from dfms.metadata import versions
-from dfms.metadata.errors import LastVersion, QuotaExceeded, VersionNotFound
 
 
 def _version_number(request: web.Request) -> int:
@@ -76,12 +75,8 @@ async def restore_version(request: web.Request) -> web.Response:
     number = _version_number(request)
     cfg = request.app[CONFIG_KEY].lifecycle
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
-        try:
-            await versions.restore_version(conn, owner, row.id, number, cfg)
-        except VersionNotFound:
-            raise not_found("version") from None
-        except QuotaExceeded as exc:
-            raise quota_error(exc.quota_bytes) from None
+        # VersionNotFound and QuotaExceeded are answered by the error table.
+        await versions.restore_version(conn, owner, row.id, number, cfg)
         restored = await ns.get_file(conn, owner, row.id)
     assert restored is not None
     return web.json_response(file_json(restored), status=201,
@@ -92,13 +87,8 @@ async def delete_version(request: web.Request) -> web.Response:
     row, _ = await _file(request)
     number = _version_number(request)
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
-        try:
-            await versions.delete_version(conn, row.id, number)
-        except VersionNotFound:
-            raise not_found("version") from None
-        except LastVersion:
-            raise conflict("last_version", "a file keeps at least one version; delete the "
-                           "file instead") from None
+        # VersionNotFound and LastVersion are answered by the error table.
+        await versions.delete_version(conn, row.id, number)
     return web.Response(status=204)
 
 

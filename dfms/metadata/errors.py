@@ -23,7 +23,7 @@ class QuotaExceeded(DfmsError):
 
     def __init__(self, quota_bytes: int | None) -> None:
         self.quota_bytes = quota_bytes
-        super().__init__(f"this would exceed the storage quota of {quota_bytes} bytes")
+        super().__init__(f"this would exceed your storage quota of {quota_bytes} bytes")
 
 
 class MembershipError(DfmsError):
