@@ -309,6 +309,32 @@ class OpsConfig:
     shutdown_grace_s: float = opt(10.0, "time in-flight work gets to finish on SIGTERM", lo=0.0)
 
 
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+            "parentbased_always_off", "parentbased_traceidratio")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """OpenTelemetry traces (dfms/runtime/telemetry.py). Each key has a standard OTEL_*
+    environment variable of the same meaning, which wins when it is set."""
+
+    enabled: bool = opt(True, "set up tracing when an endpoint is given (false, or "
+                        "OTEL_SDK_DISABLED=true: never)")
+    endpoint: str = opt("", "OTLP collector base URL, e.g. http://127.0.0.1:4318 (traces go "
+                        "to <endpoint>/v1/traces over http/protobuf); empty = no exporter, "
+                        "no spans (OTEL_EXPORTER_OTLP_ENDPOINT)")
+    protocol: str = opt("http/protobuf", "OTLP transport (OTEL_EXPORTER_OTLP_PROTOCOL)",
+                        choices=OTLP_PROTOCOLS)
+    sampler: str = opt("parentbased_traceidratio", "which traces are kept "
+                       "(OTEL_TRACES_SAMPLER); parent-based: a service follows its "
+                       "caller, so a trace is whole or absent", choices=SAMPLERS)
+    sampler_arg: float = opt(0.1, "ratio of new traces kept by the *traceidratio samplers "
+                             "(OTEL_TRACES_SAMPLER_ARG)", lo=0.0, hi=1.0)
+    environment: str = opt("development", "deployment.environment resource attribute of "
+                           "every span (production, staging...)")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -330,6 +356,7 @@ class Config:
     shares: SharesConfig = field(default_factory=SharesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 
 # --- loading -----------------------------------------------------------------

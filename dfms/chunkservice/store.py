@@ -30,6 +30,7 @@ import hashlib
 from dataclasses import dataclass
 
 import asyncpg
+from opentelemetry import trace
 from prometheus_client import Counter
 
 from dfms.chunkservice.errors import ChunkBeingSwept, ChunkUnavailable, QuorumNotReached
@@ -42,6 +43,7 @@ from dfms.runtime.logs import get_logger
 from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
 
 log = get_logger("chunk_service.store")
+_TRACER = trace.get_tracer("dfms.chunkservice")
 
 CHUNK_WRITES = Counter("dfms_chunk_writes_total", "Chunk writes by outcome", ["outcome"])
 CHUNK_WRITE_BYTES = Counter("dfms_chunk_write_bytes_total", "Bytes of chunk writes by outcome",
@@ -128,6 +130,15 @@ class _SweepWait:
         await asyncio.sleep(SWEEP_WAIT_POLL_S)
 
 
+def _read_done(data: bytes, node: str, failures: list[str]) -> bytes:
+    """Note on the read's span which replica answered and how many failed before it."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({"dfms.chunk.bytes": len(data), "dfms.chunk.read_from": node,
+                             "dfms.chunk.failovers": len(failures)})
+    return data
+
+
 class ChunkStore:
     def __init__(self, pool: asyncpg.Pool, placement: Placement, *, replicas_n: int,
                  write_quorum_w: int, straggler_timeout_s: float,
@@ -144,6 +155,16 @@ class ChunkStore:
     # -- write -------------------------------------------------------------------
 
     async def put(self, digest: bytes, data: bytes) -> StoreOutcome:
+        with _TRACER.start_as_current_span("chunk write") as span:
+            outcome = await self._put(digest, data)
+            if span.is_recording():
+                span.set_attributes({
+                    "dfms.chunk.sha256": digest.hex(), "dfms.chunk.bytes": len(data),
+                    "dfms.chunk.dedup_hit": not outcome.new,
+                    "dfms.chunk.replicas_written": outcome.replicas})
+            return outcome
+
+    async def _put(self, digest: bytes, data: bytes) -> StoreOutcome:
         sweep = _SweepWait(digest)
         while True:
             if await self._dedup_hit(digest):
@@ -238,6 +259,11 @@ class ChunkStore:
 
     async def get(self, digest: bytes) -> bytes:
         """The chunk's bytes, verified against its SHA-256, from the first good replica."""
+        with _TRACER.start_as_current_span("chunk read") as span:
+            span.set_attribute("dfms.chunk.sha256", digest.hex())
+            return await self._get(digest)
+
+    async def _get(self, digest: bytes) -> bytes:
         hex_digest = digest.hex()
         holders = {r["node_id"] for r in await self._pool.fetch(_HOLDERS, digest)}
         failures: list[str] = []
@@ -246,11 +272,11 @@ class ChunkStore:
             data = await self._read_replica(digest, node, node in holders, 0, failures,
                                             unreachable)
             if data is not None:
-                return data
+                return _read_done(data, node, failures)
         for node in unreachable:  # every replica failed: now retry the unreachable ones
             data = await self._read_replica(digest, node, node in holders, None, failures, [])
             if data is not None:
-                return data
+                return _read_done(data, node, failures)
         raise ChunkUnavailable(f"chunk {hex_digest[:16]}: no replica could be read and "
                                f"verified ({'; '.join(failures) or 'no replica recorded'})")
 

@@ -38,6 +38,9 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind
 from prometheus_client import Counter
 
 from dfms.config import Config
@@ -50,6 +53,8 @@ from dfms.runtime.logs import get_logger
 from dfms.runtime.service import Service
 
 Handler = Callable[[Connection, Event], Awaitable[None]]
+
+_TRACER = trace.get_tracer("dfms.events")
 
 CONSUMED = Counter("dfms_events_consumed_total", "Events a consumer finished with",
                    ["consumer", "outcome"])  # handled, duplicate, dead_lettered
@@ -72,6 +77,14 @@ _RECORD = """
 INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING RETURNING true
 """
+
+
+def producer_links(event: Event) -> list[Link]:
+    """A link to the span that emitted ``event``; none when it carried no trace context."""
+    if not event.traceparent:
+        return []
+    context = trace.get_current_span(propagate.extract(event.headers)).get_span_context()
+    return [Link(context)] if context.is_valid else []
 
 
 class _Stopping(Exception):
@@ -247,6 +260,24 @@ class EventConsumer(Service):
         except MalformedEvent as exc:
             await self._dead_letter(record, None, str(exc), 0)
             return
+        # A root span linked to the change that emitted the event (its trace context rode
+        # in the outbox row and the Kafka headers): the consumer's work is its own trace,
+        # often much later, yet one click away from the request that caused it.
+        with _TRACER.start_as_current_span(
+                f"{event.topic} process", context=Context(), kind=SpanKind.CONSUMER,
+                links=producer_links(event), attributes=self._span_attributes(event)):
+            await self._handle_with_retries(record, event)
+
+    def _span_attributes(self, event: Event) -> dict[str, str | int]:
+        return {"messaging.system": "kafka", "messaging.operation": "process",
+                "messaging.destination.name": event.topic,
+                "messaging.kafka.consumer.group": self.name,
+                "messaging.kafka.destination.partition": event.partition,
+                "messaging.kafka.message.offset": event.offset,
+                "messaging.message.id": str(event.event_id), "dfms.event.type": event.type}
+
+    async def _handle_with_retries(self, record: ConsumerRecord[bytes, bytes],
+                                   event: Event) -> None:
         attempt = 0
         while True:
             attempt += 1

@@ -30,12 +30,14 @@ from dfms.gateway import (
     routes_storage,
     routes_trash,
     routes_versions,
+    tracing,
 )
 from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY, PG_KEY, REDIS_KEY, TOKENS_KEY
 from dfms.gateway.middleware import add_request_id, error_middleware, request_id_middleware
 from dfms.gateway.protocol import GatewayRunner
 from dfms.metadata.db import create_pool
 from dfms.runtime.service import Service
+from dfms.runtime.telemetry import tracing_active
 
 # Each module owns its paths; every one of them must be in api/openapi.yaml.
 ROUTE_MODULES = (routes_auth, routes_multipart, routes_files, routes_versions, routes_folders,
@@ -68,9 +70,15 @@ async def _chunks_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+def _tracing_middlewares() -> list[tracing.Middleware]:
+    """Only where tracing is on: without it no request pays for a span lookup."""
+    return [tracing.redact_secrets] if tracing_active() else []
+
+
 def build_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, *ratelimit.middlewares()],
+        middlewares=[*_tracing_middlewares(), request_id_middleware, error_middleware,
+                     *ratelimit.middlewares()],
         client_max_size=config.gateway.max_json_bytes)
     app[CONFIG_KEY] = config
     app.on_response_prepare.append(add_request_id)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from dfms.gateway.context import PG_KEY, TOKENS_KEY
 from dfms.gateway.errors import forbidden, unauthorized
+from dfms.gateway.tracing import set_user
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ async def authenticate(request: web.Request) -> AuthUser:
         raise unauthorized("account is not active", code="invalid_token")
     user = AuthUser(claims.user_id, row["role"])
     request[USER_KEY] = user
+    set_user(user.id)
     return user
 
 

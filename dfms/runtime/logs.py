@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from opentelemetry import trace
+
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -50,9 +52,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class TraceContextFilter(logging.Filter):
+    """Adds ``trace_id`` and ``span_id`` to a record logged while a span is active, so a
+    log line leads to its trace and back. Runs where the record is logged (handlers
+    format synchronously), so the current span is the logging code's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = trace.format_trace_id(ctx.trace_id)
+            record.span_id = trace.format_span_id(ctx.span_id)
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import StatusCode
 from prometheus_client import Counter, Gauge, Histogram
 
 from dfms.config import Config
@@ -35,12 +38,14 @@ from dfms.runtime.logs import get_logger, setup_logging
 from dfms.runtime.ops import OpsServer, ReadyCheck
 from dfms.runtime.stacks import dump_stacks
 from dfms.runtime.tasks import cancel_and_wait
+from dfms.runtime.telemetry import Telemetry, setup_tracing
 
 PASSES = Counter("dfms_service_passes_total", "Background passes run", ["service", "outcome"])
 PASS_SECONDS = Histogram("dfms_service_pass_seconds", "Duration of one background pass",
                          ["service"])
 PASS_ITEMS = Counter("dfms_service_pass_items_total", "Items handled by background passes",
                      ["service", "counter"])
+_TRACER = trace.get_tracer("dfms.runtime")
 UP = Gauge("dfms_service_up", "1 while the service is running", ["service"])
 
 
@@ -155,6 +160,18 @@ class BackgroundService(Service):
         return await self.run_once()
 
     async def _timed_pass(self) -> None:
+        # A root span of its own (empty parent context): a pass is not part of whatever
+        # trace was current when the loop task was created.
+        with _TRACER.start_as_current_span(f"{self.name} pass", context=Context()) as span:
+            stats = await self._measured_pass()
+            if stats is None:
+                span.set_status(StatusCode.ERROR, "pass failed")
+            elif span.is_recording():
+                span.set_attributes({f"dfms.pass.{k}": v for k, v in stats.counters.items()})
+                span.set_attribute("dfms.pass.errors", stats.errors)
+
+    async def _measured_pass(self) -> PassStats | None:
+        """One pass with its metrics and log line; None when it failed."""
         start = time.perf_counter()
         try:
             stats = await self.scheduled_pass()
@@ -163,7 +180,7 @@ class BackgroundService(Service):
         except Exception:
             PASSES.labels(self.name, "error").inc()
             self.log.exception("pass failed")
-            return
+            return None
         elapsed = time.perf_counter() - start
         PASS_SECONDS.labels(self.name).observe(elapsed)
         PASSES.labels(self.name, "ok" if stats.errors == 0 else "partial").inc()
@@ -174,6 +191,7 @@ class BackgroundService(Service):
         self.log.log(logging.INFO if busy else logging.DEBUG, "pass done",
                      extra={"seconds": round(elapsed, 3), **stats.counters,
                             "errors": stats.errors})
+        return stats
 
     async def _start(self) -> None:
         self._loop_task = asyncio.create_task(self.run_forever(self.interval_s),
@@ -233,6 +251,8 @@ async def run_service(service: Service, config: Config) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGUSR2, dump_stacks)  # where is it stuck? see stacks.py
     ops: OpsServer | None = None
+    # Before start(): the instrumentations patch the classes the service builds from.
+    telemetry = setup_tracing(service.name, config.telemetry)
     try:
         await service.start()
         if service.ops_port is not None:
@@ -253,8 +273,24 @@ async def run_service(service: Service, config: Config) -> int:
             await ops.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        await _flush_traces(telemetry, log)
     log.info("stopped")
     return 0
+
+
+# Spans still in the batch are sent on stop; an unreachable collector must not hold the
+# exit past this (the exporter's own timeout is 10 s).
+TRACE_FLUSH_S = 3.0
+
+
+async def _flush_traces(telemetry: Telemetry | None, log: logging.Logger) -> None:
+    if telemetry is None:
+        return
+    try:
+        async with asyncio.timeout(TRACE_FLUSH_S):
+            await asyncio.to_thread(telemetry.shutdown)
+    except TimeoutError:
+        log.warning("traces not flushed within the time allowed; dropped")
 
 
 def main_for(service: Service, config: Config) -> int:

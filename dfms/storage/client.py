@@ -21,6 +21,8 @@ import aiohttp
 from miniopy_async.api import Minio
 from miniopy_async.error import InvalidResponseError, S3Error, ServerError
 from miniopy_async.helpers import DictType
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 
 from dfms.config import S3Config
@@ -34,6 +36,7 @@ RETRY_BASE_DELAY_S = 0.1
 RETRY_MAX_DELAY_S = 2.0
 POOL_CONNECTIONS_PER_NODE = 32
 
+_TRACER = trace.get_tracer("dfms.storage")
 S3_REQUESTS = Counter("dfms_s3_requests_total", "Requests to storage nodes",
                       ["node", "op", "outcome"])
 S3_SECONDS = Histogram("dfms_s3_request_seconds", "Latency of storage-node requests",
@@ -41,6 +44,15 @@ S3_SECONDS = Histogram("dfms_s3_request_seconds", "Latency of storage-node reque
                                                 2.5, 5, 10, 30))
 S3_BYTES = Counter("dfms_s3_bytes_total", "Bytes moved to and from storage nodes",
                    ["node", "direction"])
+
+
+def _end_span(span: Span, error: StorageError | None) -> None:
+    """The call's outcome as the metrics name it; an absent object is an answer, not a
+    failed call."""
+    outcome = "ok" if error is None else type(error).__name__
+    span.set_attribute("dfms.s3.outcome", outcome)
+    if error is not None and not isinstance(error, ObjectNotFound):
+        span.set_status(StatusCode.ERROR, outcome)
 
 
 def chunk_key(sha256_hex: str) -> str:
@@ -108,7 +120,7 @@ class NodeClient:
             # aiohttp closes it once sent.
             await self._minio._put_object(self.bucket, key, io.BytesIO(data), headers)
 
-        await self._retrying("put", call, retries)
+        await self._retrying("put", call, retries, sent=len(data))
         S3_BYTES.labels(self.node_id, "out").inc(len(data))
 
     async def get(self, key: str, offset: int = 0, length: int = 0, *,
@@ -179,7 +191,28 @@ class NodeClient:
     # -- plumbing ----------------------------------------------------------------
 
     async def _retrying(self, op: str, call: Callable[[], Awaitable[T]],
-                        retries: int | None = None) -> T:
+                        retries: int | None = None, *, sent: int = 0) -> T:
+        """``call`` with retries, in one client span (node id, operation, bytes moved,
+        outcome); retried attempts are events of that span, not spans of their own."""
+        with _TRACER.start_as_current_span(f"s3 {op}", kind=SpanKind.CLIENT,
+                                           record_exception=False,
+                                           set_status_on_exception=False) as span:
+            if span.is_recording():
+                span.set_attributes({"dfms.node.id": self.node_id, "dfms.s3.operation": op,
+                                     "server.address": self.endpoint})
+            try:
+                result = await self._attempts(op, call, retries)
+            except StorageError as exc:
+                _end_span(span, exc)
+                raise
+            moved = len(result) if isinstance(result, bytes) else sent
+            if moved:
+                span.set_attribute("dfms.s3.bytes", moved)
+            _end_span(span, None)
+            return result
+
+    async def _attempts(self, op: str, call: Callable[[], Awaitable[T]],
+                        retries: int | None) -> T:
         attempts = (self._cfg.max_retries if retries is None else retries) + 1
         for attempt in range(attempts):
             start = time.perf_counter()
@@ -191,6 +224,7 @@ class NodeClient:
                 S3_REQUESTS.labels(self.node_id, op, type(error).__name__).inc()
                 if not isinstance(error, NodeUnavailable) or attempt == attempts - 1:
                     raise error from exc
+                trace.get_current_span().add_event("retry", {"error": str(error)})
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             S3_SECONDS.labels(self.node_id, op).observe(time.perf_counter() - start)

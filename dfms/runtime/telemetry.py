@@ -1,0 +1,210 @@
+"""OpenTelemetry traces: SDK set-up at service start, shutdown (with a flush) on stop.
+
+``setup_tracing`` reads the ``telemetry`` config section and the standard ``OTEL_*``
+environment variables (an ``OTEL_*`` variable that is set wins over the config key of the
+same meaning, as the SDK's own documentation tells operators). With no endpoint, or
+``OTEL_SDK_DISABLED=true``, it does nothing at all: no provider is installed, nothing is
+instrumented, so every span DFMS code starts is the API's no-op span, no export thread
+runs and no export can fail or retry.
+
+With an endpoint, spans are batched and exported over OTLP (http/protobuf or grpc) with
+the resource ``service.name=dfms-<service>``, ``service.version`` and
+``deployment.environment``, and the maintained instrumentations are switched on: aiohttp
+server and client, gRPC (aio) server and client, asyncpg and redis.
+
+Default sampling: ``parentbased_traceidratio`` at 0.1. Parent-based, so the chunk
+service and the S3 calls follow the gateway's decision and a trace is always whole; one
+new trace in ten is enough to see every route's shape on a busy cluster, while the nine
+in ten that are not sampled cost only non-recording spans (no attributes kept, nothing
+exported). Set ``sampler_arg: 1.0`` (or ``OTEL_TRACES_SAMPLER_ARG=1``) to see every
+request, e.g. on a laptop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+import dfms
+from dfms.config import OTLP_PROTOCOLS, SAMPLERS, TelemetryConfig
+
+log = logging.getLogger("dfms.telemetry")
+
+# Probes and scrapes every few seconds would bury the requests worth tracing.
+OPS_PATHS = "/health,/ready,/metrics"
+_TRUE = {"true", "1", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSettings:
+    """What the config and the environment together ask for."""
+
+    enabled: bool
+    traces_url: str  # full URL (http) or target (grpc); empty = no exporter
+    protocol: str
+    sampler: str
+    sampler_arg: float
+    environment: str
+
+
+def service_name(name: str) -> str:
+    """``chunk_service`` → ``dfms-chunk-service``."""
+    return "dfms-" + name.replace("_", "-")
+
+
+def _traces_url(cfg: TelemetryConfig, env: Mapping[str, str], protocol: str) -> str:
+    """The signal-specific variable is a full URL; the general one and the config key are
+    a base that http/protobuf extends with ``/v1/traces`` (the OTLP spec's rule)."""
+    full = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if full:
+        return full
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or cfg.endpoint.strip()
+    if not base or protocol == "grpc":
+        return base
+    return base.rstrip("/") + "/v1/traces"
+
+
+def _env_choice(env: Mapping[str, str], names: tuple[str, ...], allowed: tuple[str, ...],
+                default: str) -> str:
+    for name in names:
+        value = env.get(name, "").strip().lower()
+        if not value:
+            continue
+        if value in allowed:
+            return value
+        log.warning("unsupported value ignored", extra={"variable": name, "value": value,
+                                                        "using": default})
+        return default
+    return default
+
+
+def _env_ratio(env: Mapping[str, str], default: float) -> float:
+    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if 0.0 <= value <= 1.0:
+        return value
+    log.warning("unsupported value ignored", extra={
+        "variable": "OTEL_TRACES_SAMPLER_ARG", "value": raw, "using": default})
+    return default
+
+
+def resolve(cfg: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings:
+    """Merge the config section with the standard environment variables."""
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
+    protocol = _env_choice(env, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                 "OTEL_EXPORTER_OTLP_PROTOCOL"), OTLP_PROTOCOLS, cfg.protocol)
+    url = _traces_url(cfg, env, protocol)
+    return TraceSettings(
+        enabled=cfg.enabled and not disabled and bool(url), traces_url=url,
+        protocol=protocol,
+        sampler=_env_choice(env, ("OTEL_TRACES_SAMPLER",), SAMPLERS, cfg.sampler),
+        sampler_arg=_env_ratio(env, cfg.sampler_arg), environment=cfg.environment)
+
+
+def make_sampler(name: str, ratio: float) -> Sampler:
+    parent = name.startswith("parentbased_")
+    root = name.removeprefix("parentbased_")
+    sampler: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
+        root) or TraceIdRatioBased(ratio)
+    return ParentBased(sampler) if parent else sampler
+
+
+def make_exporter(settings: TraceSettings) -> SpanExporter:
+    """Imported here: a process without an endpoint never loads an exporter."""
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+        return GrpcExporter(endpoint=settings.traces_url,
+                            insecure=not settings.traces_url.startswith("https://"))
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=settings.traces_url)
+
+
+def make_provider(service: str, settings: TraceSettings,
+                  exporter: SpanExporter | None = None) -> TracerProvider:
+    resource = Resource.create({
+        "service.name": service_name(service), "service.version": dfms.__version__,
+        "deployment.environment": settings.environment})
+    provider = TracerProvider(resource=resource,
+                              sampler=make_sampler(settings.sampler, settings.sampler_arg))
+    provider.add_span_processor(BatchSpanProcessor(exporter or make_exporter(settings)))
+    return provider
+
+
+def instrument_libraries(provider: TracerProvider) -> None:
+    """Switch on the maintained instrumentations (they patch classes, so this runs before
+    the service builds its app, channels, pools and clients)."""
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.grpc import (
+        GrpcAioInstrumentorClient,
+        GrpcAioInstrumentorServer,
+    )
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    # The instrumentation reads its exclusions from this variable when instrumenting.
+    os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", OPS_PATHS)
+    with warnings.catch_warnings():
+        # The aiohttp-server instrumentation (0.66b1) adds its middleware by subclassing
+        # web.Application, which aiohttp discourages with this warning; the subclass only
+        # prepends the tracing middleware, so it is harmless here.
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message="Inheritance class _InstrumentedApplication")
+        AioHttpServerInstrumentor().instrument(tracer_provider=provider)
+    for instrumentor in (AioHttpClientInstrumentor(), GrpcAioInstrumentorServer(),
+                         GrpcAioInstrumentorClient(), AsyncPGInstrumentor(),
+                         RedisInstrumentor()):
+        instrumentor.instrument(tracer_provider=provider)
+
+
+class Telemetry:
+    """The installed tracing of one process; ``shutdown()`` flushes what is left."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def setup_tracing(service: str, cfg: TelemetryConfig,
+                  env: Mapping[str, str] | None = None) -> Telemetry | None:
+    """Install tracing for this process, or do nothing (None) when no endpoint is set."""
+    settings = resolve(cfg, os.environ if env is None else env)
+    if not settings.enabled:
+        return None
+    provider = make_provider(service, settings)
+    trace.set_tracer_provider(provider)
+    instrument_libraries(provider)
+    log.info("tracing on", extra={"endpoint": settings.traces_url,
+                                  "protocol": settings.protocol, "sampler": settings.sampler,
+                                  "ratio": settings.sampler_arg})
+    return Telemetry(provider)
+
+
+def tracing_active() -> bool:
+    """Whether this process installed an SDK provider (so spans can record)."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)

@@ -1,0 +1,230 @@
+"""Tracing set-up (dfms/runtime/telemetry.py) and the spans DFMS writes by hand.
+
+The spans are recorded by an in-memory exporter installed as this process's global
+provider (once: OpenTelemetry allows one), the way a service installs its OTLP one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import StatusCode
+
+import dfms
+from dfms.config import ConfigError, TelemetryConfig, load_config
+from dfms.events.consumer import producer_links
+from dfms.events.envelope import Event, current_trace_context
+from dfms.gateway.tracing import REDACTED, redacted_url
+from dfms.runtime.logs import TextFormatter, TraceContextFilter
+from dfms.runtime.service import BackgroundService, PassStats
+from dfms.runtime.telemetry import make_provider, make_sampler, resolve, setup_tracing
+from dfms.storage import NodeUnavailable
+from dfms.storage.client import NodeClient
+
+EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        trace.set_tracer_provider(provider)
+        _INSTALLED.append(provider)
+    if not _INSTALLED:
+        pytest.skip("another test installed the global tracer provider first")
+    EXPORTER.clear()
+    yield EXPORTER
+
+
+_INSTALLED: list[TracerProvider] = []
+
+
+def finished(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+# -- settings ------------------------------------------------------------------------------
+
+def test_no_endpoint_means_tracing_off() -> None:
+    assert not resolve(TelemetryConfig(), {}).enabled
+    assert setup_tracing("gateway", TelemetryConfig(), {}) is None
+
+
+def test_config_endpoint_is_a_base_url() -> None:
+    settings = resolve(TelemetryConfig(endpoint="http://collector:4318/"), {})
+    assert settings.enabled
+    assert settings.traces_url == "http://collector:4318/v1/traces"
+    assert (settings.sampler, settings.sampler_arg) == ("parentbased_traceidratio", 0.1)
+
+
+def test_standard_variables_win_over_the_config() -> None:
+    cfg = TelemetryConfig(endpoint="http://config:4318", sampler="always_off")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318", "OTEL_TRACES_SAMPLER":
+           "always_on", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
+    settings = resolve(cfg, env)
+    assert settings.traces_url == "http://env:4318/v1/traces"
+    assert (settings.sampler, settings.sampler_arg) == ("always_on", 0.5)
+    full = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://env:4318/custom"}
+    assert resolve(cfg, full).traces_url == "http://env:4318/custom"
+
+
+def test_grpc_endpoint_is_taken_as_is() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4317", "OTEL_EXPORTER_OTLP_PROTOCOL":
+           "grpc"}
+    settings = resolve(TelemetryConfig(), env)
+    assert (settings.protocol, settings.traces_url) == ("grpc", "http://env:4317")
+
+
+@pytest.mark.parametrize("env", [{"OTEL_SDK_DISABLED": "true"}, {"OTEL_SDK_DISABLED": "1"}])
+def test_sdk_disabled_wins_over_an_endpoint(env: dict[str, str]) -> None:
+    cfg = TelemetryConfig(endpoint="http://collector:4318")
+    assert not resolve(cfg, env).enabled
+    assert not resolve(TelemetryConfig(endpoint="http://c:4318", enabled=False), {}).enabled
+
+
+def test_unsupported_variable_values_fall_back_to_the_config() -> None:
+    env = {"OTEL_TRACES_SAMPLER": "jaeger_remote", "OTEL_TRACES_SAMPLER_ARG": "2",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    settings = resolve(TelemetryConfig(endpoint="http://c:4318"), env)
+    assert (settings.sampler, settings.sampler_arg, settings.protocol) == (
+        "parentbased_traceidratio", 0.1, "http/protobuf")
+
+
+def test_config_section_is_validated() -> None:
+    cfg = load_config(env={"DFMS_TELEMETRY__ENDPOINT": "http://c:4318",
+                           "DFMS_TELEMETRY__SAMPLER_ARG": "1"})
+    assert (cfg.telemetry.endpoint, cfg.telemetry.sampler_arg) == ("http://c:4318", 1.0)
+    with pytest.raises(ConfigError):
+        load_config(env={"DFMS_TELEMETRY__SAMPLER": "sometimes"})
+    with pytest.raises(ConfigError):
+        load_config(env={"DFMS_TELEMETRY__SAMPLER_ARG": "1.5"})
+
+
+def test_samplers() -> None:
+    sampler = make_sampler("parentbased_traceidratio", 0.25)
+    assert isinstance(sampler, ParentBased)
+    assert isinstance(make_sampler("traceidratio", 0.25), TraceIdRatioBased)
+
+
+def test_provider_resource_names_the_service() -> None:
+    settings = resolve(TelemetryConfig(endpoint="http://c:4318", environment="staging"), {})
+    provider = make_provider("chunk_service", settings, InMemorySpanExporter())
+    try:
+        attrs = provider.resource.attributes
+        assert attrs["service.name"] == "dfms-chunk-service"
+        assert attrs["service.version"] == dfms.__version__
+        assert attrs["deployment.environment"] == "staging"
+    finally:
+        provider.shutdown()
+
+
+def test_no_endpoint_starts_no_thread() -> None:
+    before = threading.active_count()
+    setup_tracing("gateway", TelemetryConfig(), {})
+    assert threading.active_count() == before
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+def _log_line(logger_name: str) -> str:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(TraceContextFilter())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        logger.warning("hello")
+    finally:
+        logger.removeHandler(handler)
+    return out.getvalue()
+
+
+def test_log_lines_carry_the_active_span() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    assert "trace_id" not in _log_line("dfms.test.logs")
+    with tracer.start_as_current_span("work") as span:
+        line = _log_line("dfms.test.logs")
+    ctx = span.get_span_context()
+    assert f"trace_id={trace.format_trace_id(ctx.trace_id)}" in line
+    assert f"span_id={trace.format_span_id(ctx.span_id)}" in line
+
+
+# -- events --------------------------------------------------------------------------------
+
+def _event(headers: dict[str, str]) -> Event:
+    return Event(uuid.uuid4(), "file.uploaded", datetime.now(UTC), 1, {}, topic="dfms.files",
+                 headers=headers)
+
+
+def test_consumer_links_to_the_emitting_span() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("upload") as span:
+        context = current_trace_context()
+    assert context is not None
+    links = producer_links(_event(context))
+    assert [link.context.trace_id for link in links] == [span.get_span_context().trace_id]
+    assert producer_links(_event({})) == []
+    assert producer_links(_event({"traceparent": "garbage"})) == []
+
+
+# -- gateway -------------------------------------------------------------------------------
+
+def test_share_secrets_are_redacted_from_the_url() -> None:
+    req = make_mocked_request("GET", "/s/sekrit-token?password=hunter2&download=1",
+                              match_info={"token": "sekrit-token"})
+    path, query = redacted_url(req) or ("", "")
+    assert "sekrit" not in path and "hunter2" not in query
+    assert path == f"/s/{REDACTED}" and "download=1" in query
+    plain = make_mocked_request("GET", "/api/v1/files/abc", match_info={"file_id": "abc"})
+    assert redacted_url(plain) is None
+
+
+# -- hand-written spans ---------------------------------------------------------------------
+
+class OnePass(BackgroundService):
+    name = "one_pass"
+
+    async def run_once(self) -> PassStats:
+        stats = PassStats()
+        stats.add("repaired", 2)
+        return stats
+
+
+async def test_background_pass_is_a_root_span(spans: InMemorySpanExporter) -> None:
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("caller"):
+        await OnePass()._timed_pass()
+    (span,) = finished(spans, "one_pass pass")
+    assert span.parent is None
+    assert span.attributes is not None
+    assert span.attributes["dfms.pass.repaired"] == 2
+    assert span.attributes["dfms.pass.errors"] == 0
+
+
+async def test_s3_call_span_has_node_operation_and_outcome(spans: InMemorySpanExporter
+                                                           ) -> None:
+    cfg = load_config(env={"DFMS_S3__SECRET_KEY": "x", "DFMS_S3__REQUEST_TIMEOUT_S": "2"}).s3
+    async with NodeClient("node-x", "http://127.0.0.1:9", cfg) as client:
+        with pytest.raises(NodeUnavailable):
+            await client.ping()
+    (span,) = finished(spans, "s3 ping")
+    assert span.kind is trace.SpanKind.CLIENT
+    assert span.attributes is not None
+    assert span.attributes["dfms.node.id"] == "node-x"
+    assert span.attributes["dfms.s3.operation"] == "ping"
+    assert span.attributes["dfms.s3.outcome"] == "NodeUnavailable"
+    assert span.status.status_code is StatusCode.ERROR
