@@ -73,7 +73,8 @@ async def _up(args: argparse.Namespace) -> int:
 
     opts = UpOptions(data_dir=_data_dir(args), nodes=args.nodes,
                      gateway_port=args.gateway_port,
-                     config_path=Path(args.config) if args.config else None)
+                     config_path=Path(args.config) if args.config else None,
+                     observability=args.observability)
     cluster = LocalCluster(opts)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -526,6 +527,9 @@ def _add_up(add: Callable[..., argparse.ArgumentParser]) -> None:
     up.add_argument("--nodes", type=int, default=3, help="S3 storage nodes (default 3)")
     up.add_argument("--gateway-port", type=int, default=8080,
                     help="gateway port (default 8080; 0 picks a free one)")
+    up.add_argument("--observability", action="store_true",
+                    help="also start Prometheus (Debian's `prometheus` package) scraping "
+                         "every service, with the alert rules")
 
 
 def _add_services(add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -28,7 +28,7 @@ from dfms.config import Config, dump_yaml, load_config, mask_url
 from dfms.errors import ClusterLockedError, StackError
 from dfms.events.topics import ensure_topics
 from dfms.keys import ensure_keys
-from dfms.localstack import servers
+from dfms.localstack import observability, servers
 from dfms.localstack.control import build_control_app
 from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
 from dfms.localstack.records import ProcessRecord, Recorded, start_ticks, write_private
@@ -55,6 +55,7 @@ class UpOptions:
     nodes: int = 3
     gateway_port: int = 8080
     config_path: Path | None = None
+    observability: bool = False  # also start Prometheus, scraping every service
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,17 @@ class ClusterInfo:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
+    prometheus: dict[str, Any] = field(default_factory=dict)  # with --observability
 
     def to_json(self, state: str, up_pid: int) -> dict[str, Any]:
-        return {"state": state, "pid": up_pid, "data_dir": str(self.data_dir),
-                "control": self.control,
-                "config_path": str(self.config_path), "gateway_url": self.gateway_url,
-                "postgres": self.postgres, "redis": self.redis, "kafka": self.kafka,
-                "s3_nodes": self.s3_nodes, "services": self.services, "ports": self.ports}
+        doc = {"state": state, "pid": up_pid, "data_dir": str(self.data_dir),
+               "control": self.control,
+               "config_path": str(self.config_path), "gateway_url": self.gateway_url,
+               "postgres": self.postgres, "redis": self.redis, "kafka": self.kafka,
+               "s3_nodes": self.s3_nodes, "services": self.services, "ports": self.ports}
+        if self.prometheus:
+            doc["prometheus"] = self.prometheus
+        return doc
 
 
 def read_cluster_file(data_dir: Path) -> dict[str, Any]:
@@ -153,6 +158,8 @@ class LocalCluster:
 
     async def start(self) -> ClusterInfo:
         started = time.monotonic()
+        if self.opts.observability:
+            observability.prometheus_binary()  # missing: say so before making anything
         pg_user = servers.pg_system_user()
         if pg_user:  # before anything is made: the database must be able to reach its dir
             servers.check_traversable(self.data_dir, pg_user)
@@ -226,6 +233,8 @@ class LocalCluster:
         self.config = self._write_config(ports, gw_port)
         await self._bootstrap(self.config)
         await self._start_services(self.config)
+        if self.opts.observability:
+            await self._start_prometheus(ports)
         await self._start_control(ports)
 
     async def _start_control(self, ports: PortAllocator) -> None:
@@ -316,6 +325,23 @@ class LocalCluster:
                 await client.close_session()
         return probe
 
+    async def _start_prometheus(self, ports: PortAllocator) -> None:
+        """Prometheus scraping the /metrics of every DFMS service on the ports they got
+        in this start, with the alert rules loaded."""
+        base = self.data_dir / observability.PROMETHEUS_DIR
+        port = ports.get("prometheus")
+        targets = {name: svc["ops_url"].removeprefix("http://")
+                   for name, svc in self.info.services.items()}
+        config, rules_dir = observability.write_config(base, targets, port)
+        if not observability.ALERT_RULES.exists():
+            log.warning("alert rules not found: Prometheus runs without them",
+                        extra={"rules": str(observability.ALERT_RULES)})
+        url = f"http://{LOOPBACK}:{port}"
+        mp = await self._start_and_wait(observability.prometheus_spec(base, config, port),
+                                        lambda: observability.prometheus_ready(url), port)
+        self.info.prometheus = {"url": url, "port": port, "pid": mp.pid,
+                                "config": str(config), "rules_dir": str(rules_dir)}
+
     # -- configuration and bootstrap ---------------------------------------------
 
     def _write_config(self, ports: PortAllocator, gateway_port: int) -> Config:
@@ -395,7 +421,8 @@ class LocalCluster:
     def _refresh_pids(self) -> None:
         info = self.info
         slots: dict[str, dict[str, Any]] = {"postgres": info.postgres, "redis": info.redis,
-                                            "kafka": info.kafka, **info.services}
+                                            "kafka": info.kafka, **info.services,
+                                            "prometheus": info.prometheus}
         slots.update((node["id"], node) for node in info.s3_nodes)
         for name, slot in slots.items():
             mp = self._proc(name)
@@ -426,5 +453,8 @@ class LocalCluster:
                  ("kafka", f"{self.info.kafka['bootstrap_servers']}  (durable: "
                            f"{self.info.kafka['storage']} on {self.info.kafka['store_endpoint']})")]
         rows += [(n["id"], f"{n['endpoint']}  ({n['zone']})") for n in self.info.s3_nodes]
+        if self.info.prometheus:
+            rows.append(("prometheus", f"{self.info.prometheus['url']}  (alerts: "
+                                       f"{self.info.prometheus['url']}/alerts)"))
         rows.append(("endpoints and secrets", str(self.data_dir / CLUSTER_FILE)))
         return "\n".join(f"  {name:<20} {where}" for name, where in rows)

@@ -80,6 +80,7 @@ class ClusterHandle:
                 info["kafka"].get("store_pid")]
         pids += [n["pid"] for n in info["s3_nodes"]]
         pids += [s["pid"] for s in info["services"].values()]
+        pids.append(info.get("prometheus", {}).get("pid"))  # with --observability
         return [int(p) for p in pids if p]
 
     def log_text(self) -> str:
