@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Self
 
 import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 
 from dfms.chunkservice.errors import ChunkServiceError
 from dfms.chunkservice.limits import GRPC_MESSAGE_LIMIT_BYTES
@@ -18,6 +21,8 @@ from dfms.proto import chunk_pb2 as pb
 from dfms.proto import chunk_pb2_grpc as pb_grpc
 
 DEFAULT_FRAME_BYTES = 1024 * 1024  # 1 MiB
+GRPC_SERVICE = "dfms.chunk.v1.ChunkService"
+_TRACER = trace.get_tracer("dfms.chunkservice.client")
 RECONNECT_BACKOFF_MIN_MS = 250
 RECONNECT_BACKOFF_MAX_MS = 2000  # 2 s: how late a returning chunk service is noticed, at most
 
@@ -54,6 +59,27 @@ async def reframe(frames: AsyncIterable[bytes], size: int) -> AsyncIterator[byte
             del buf[:size]
     if buf:
         yield bytes(buf)
+
+
+def _trace_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
+    """The trace context (the current one by default) as gRPC metadata
+    (``traceparent``), for the chunk service's server instrumentation to continue."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return tuple(carrier.items())
+
+
+def _rpc_attributes(method: str) -> dict[str, str]:
+    return {"rpc.system": "grpc", "rpc.service": GRPC_SERVICE, "rpc.method": method}
+
+
+def _client_span(method: str) -> AbstractContextManager[trace.Span]:
+    """A client span per call, written here: the aio client instrumentation (0.66b1)
+    awaits a client-streaming call's status before handing the call back, so an
+    ``Upload`` written frame by frame would wait for itself."""
+    return _TRACER.start_as_current_span(
+        f"{GRPC_SERVICE}/{method}", kind=trace.SpanKind.CLIENT,
+        attributes=_rpc_attributes(method))
 
 
 def _summary(result: pb.UploadResult) -> UploadSummary:
@@ -118,20 +144,22 @@ class ChunkClient:
         # The frames are read here, not by a gRPC task: when the call fails, nothing is
         # left reading ``frames`` (an HTTP request body, which allows one reader).
         await self._connected()
-        call = self._stub.Upload(wait_for_ready=True, timeout=None)
-        try:
-            await call.write(pb.UploadFrame(context=context))
-            async for frame in reframe(frames, self._frame):
-                await call.write(pb.UploadFrame(data=frame))
-            await call.done_writing()
-            result = await call
-        except grpc.aio.AioRpcError as err:
-            raise _translate(err) from err
-        except asyncio.InvalidStateError:  # the server ended the call while we wrote
-            raise await _failure(call) from None
-        except BaseException:
-            call.cancel()
-            raise
+        with _client_span("Upload"):
+            call = self._stub.Upload(wait_for_ready=True, timeout=None,
+                                     metadata=_trace_metadata())
+            try:
+                await call.write(pb.UploadFrame(context=context))
+                async for frame in reframe(frames, self._frame):
+                    await call.write(pb.UploadFrame(data=frame))
+                await call.done_writing()
+                result = await call
+            except grpc.aio.AioRpcError as err:
+                raise _translate(err) from err
+            except asyncio.InvalidStateError:  # the server ended the call while we wrote
+                raise await _failure(call) from None
+            except BaseException:
+                call.cancel()
+                raise
         return _summary(result)
 
     async def download(self, *, manifest_id: str | None = None,
@@ -147,19 +175,28 @@ class ChunkClient:
             request.chunks.chunks.extend(
                 pb.ChunkRef(sha256=c.sha256, offset=c.offset, size=c.size) for c in chunks)
         await self._connected()
-        call = self._stub.Download(request, wait_for_ready=True)
+        # Not made current: a generator may be closed from another task or by the
+        # collector, where detaching a context it attached would fail.
+        span = _TRACER.start_span(f"{GRPC_SERVICE}/Download", kind=trace.SpanKind.CLIENT,
+                                  attributes=_rpc_attributes("Download"))
+        call = self._stub.Download(request, wait_for_ready=True,
+                                   metadata=_trace_metadata(trace.set_span_in_context(span)))
         try:
             async for frame in call:
                 yield frame.data
         except grpc.aio.AioRpcError as err:
+            span.set_status(trace.StatusCode.ERROR, err.code().name)
             raise _translate(err) from err
         finally:
             call.cancel()
+            span.end()
 
     async def has_chunks(self, digests: Sequence[bytes]) -> list[bool]:
         try:
-            resp = await self._stub.HasChunks(pb.HasChunksRequest(sha256=list(digests)),
-                                              timeout=self._connect_timeout_s)
+            with _client_span("HasChunks"):
+                resp = await self._stub.HasChunks(pb.HasChunksRequest(sha256=list(digests)),
+                                                  timeout=self._connect_timeout_s,
+                                                  metadata=_trace_metadata())
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from err
         return list(resp.present)

@@ -10,7 +10,8 @@ runs and no export can fail or retry.
 With an endpoint, spans are batched and exported over OTLP (http/protobuf or grpc) with
 the resource ``service.name=dfms-<service>``, ``service.version`` and
 ``deployment.environment``, and the maintained instrumentations are switched on: aiohttp
-server and client, gRPC (aio) server and client, asyncpg and redis.
+server and client, the gRPC (aio) server, asyncpg and redis (the chunk service's
+client writes its gRPC client spans itself).
 
 Default sampling: ``parentbased_traceidratio`` at 0.1. Parent-based, so the chunk
 service and the S3 calls follow the gateway's decision and a trace is always whole; one
@@ -159,10 +160,7 @@ def instrument_libraries(provider: TracerProvider) -> None:
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.grpc import (
-        GrpcAioInstrumentorClient,
-        GrpcAioInstrumentorServer,
-    )
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     # The instrumentation reads its exclusions from this variable when instrumenting.
@@ -174,9 +172,10 @@ def instrument_libraries(provider: TracerProvider) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning,
                                 message="Inheritance class _InstrumentedApplication")
         AioHttpServerInstrumentor().instrument(tracer_provider=provider)
+    # No GrpcAioInstrumentorClient: dfms/chunkservice/client.py writes the client spans
+    # (see _client_span there for why).
     for instrumentor in (AioHttpClientInstrumentor(), GrpcAioInstrumentorServer(),
-                         GrpcAioInstrumentorClient(), AsyncPGInstrumentor(),
-                         RedisInstrumentor()):
+                         AsyncPGInstrumentor(), RedisInstrumentor()):
         instrumentor.instrument(tracer_provider=provider)
 
 
