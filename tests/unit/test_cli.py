@@ -192,3 +192,13 @@ def test_one_pass_closes_the_runner_when_the_pass_fails(
     with pytest.raises(RuntimeError, match="pass failed"):
         cli._one_pass(Config(), lambda: runner, cli._run_once)
     assert runner.closed
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly() -> None:
+    """`dfms cluster ps | head -3`: exit 141 like a command a pipe ended, no traceback."""
+    code = ("import sys\nfrom dfms import cli\n"
+            "def broken(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli.cmd_cluster = broken\nsys.exit(cli.main(['cluster', 'ps']))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (141, "")
