@@ -176,6 +176,8 @@ async def cluster_view(request: web.Request) -> web.Response:
         "logical_bytes": numbers.logical_bytes,
         "dedup_ratio": None if ratio is None else round(ratio, 6),
         "under_replicated_chunks": numbers.under_replicated_chunks,
+        "chunks_at_risk": numbers.chunks_at_risk,
+        "chunks_unrecoverable": numbers.chunks_unrecoverable,
         "condemned_chunks": numbers.condemned_chunks,
         "repair_queue_length": numbers.repair_queue_length,
         "ring_epoch": numbers.ring_epoch,
