@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ async def load_rules(session: aiohttp.ClientSession, base: str, rules_dir: Path)
 
 
 async def files_workload(api: Api, user: ApiUser, tag: str) -> None:
-    """Uploads, downloads of each, and one upload of bytes already stored (dedup)."""
+    """Uploads, downloads of each, one upload of bytes already stored (dedup), and one
+    download of a file that does not exist."""
     blobs = [os.urandom(200_000 + i) for i in range(3)]
     ids = []
     for i, blob in enumerate(blobs):
@@ -105,6 +107,8 @@ async def files_workload(api: Api, user: ApiUser, tag: str) -> None:
     for file_id, blob in zip(ids, blobs, strict=True):
         status, got, _ = await api.request("GET", f"/files/{file_id}/download", user)
         assert status == 200 and got == blob
+    status, _, _ = await api.request("GET", f"/files/{uuid.uuid4()}/download", user)
+    assert status == 404  # a client error, for the 4xx panels
 
 
 async def node_down_alerts(session: aiohttp.ClientSession, base: str) -> list[dict[str, Any]]:
