@@ -118,13 +118,17 @@ def is_upload(span: Span) -> bool:
     return span.name == UPLOAD_ROUTE and span.kind == Span.SPAN_KIND_SERVER
 
 
-async def upload_once(cluster: ClusterHandle) -> str:
-    """Register, upload fresh bytes; the new user's id."""
+async def upload_once(cluster: ClusterHandle, *, download: bool = False) -> str:
+    """Register, upload fresh bytes (and read them back); the new user's id."""
+    data = os.urandom(64 * 1024)
     async with aiohttp.ClientSession() as session:
         api = Api(cluster.gateway_url, session)
         user = await api.register()
-        status, body = await api.upload(user, "traced.bin", os.urandom(64 * 1024))
+        status, body = await api.upload(user, "traced.bin", data)
         assert status == 201, body
+        if download:
+            status, got, _ = await api.request("GET", f"/files/{body['id']}/download", user)
+            assert (status, got) == (200, data)
     return str(user.id)
 
 
@@ -132,7 +136,7 @@ async def test_one_upload_is_one_trace_across_services(
         traced_cluster: ClusterHandle, collected: tuple[Collected, int]) -> None:
     spans, _ = collected
     await traced_cluster.control("stop", STOPPED_NODE)  # so the chunk is under-replicated
-    user_id = await upload_once(traced_cluster)
+    user_id = await upload_once(traced_cluster, download=True)
 
     root = await spans.wait_for("gateway upload", is_upload)
     trace_id = root.trace_id
@@ -159,6 +163,12 @@ async def test_one_upload_is_one_trace_across_services(
     assert attrs(put)["dfms.node.id"] != STOPPED_NODE
     await spans.wait_for("PostgreSQL", in_trace(lambda s: attrs(s).get("db.system")
                                                 == "postgresql"))
+
+    read_root = await spans.wait_for("gateway download", lambda s: (
+        s.name == "GET /api/v1/files/{file_id}/download" and s.kind == Span.SPAN_KIND_SERVER))
+    read = await spans.wait_for("chunk read", lambda s: (
+        s.trace_id == read_root.trace_id and s.name == "chunk read"))
+    assert attrs(read)["dfms.chunk.bytes"] == 64 * 1024
 
     consumer = await spans.wait_for("event consumer", lambda s: (
         s.kind == Span.SPAN_KIND_CONSUMER and any(link.trace_id == trace_id
