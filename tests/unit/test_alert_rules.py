@@ -123,3 +123,15 @@ def test_coverage_and_runbook_checks_find_gaps(tmp_path: Path) -> None:
     assert evaluations([case]) == {"A": [False, True], "B": [False]}
     text = "## Runbooks\n\n### A\n\nDo this.\n\n### B\n\n## Trouble\n\n### C\n\nNot one.\n"
     assert runbooks(text) == {"A": "Do this.", "B": ""}
+
+
+def test_production_template_passes_promtool_check_config(tmp_path: Path) -> None:
+    """observability/prometheus/prometheus.yml, with its rule file at the repository's path
+    instead of the container's."""
+    doc = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert [Path(p).name for p in doc["rule_files"]] == [ALERTS.name]
+    doc["rule_files"] = [str(ALERTS)]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(doc))
+    result = run_promtool("check", "config", config)
+    assert result.returncode == 0, result.stdout + result.stderr
