@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 # A check answers None, or a mapping of detail to show with its result.
 ReadyCheck = Callable[[], Awaitable[object]]
@@ -78,9 +79,12 @@ def add_ops_routes(app: web.Application, service: str, checks: Mapping[str, Read
         # Degraded is still ready: the process serves what it can (docs/operations.md).
         return web.json_response(body, status=503 if status == NOT_READY else 200)
 
-    async def metrics(_: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    async def metrics(request: web.Request) -> web.Response:
+        # OpenMetrics when the scraper asks for it (Prometheus does): only that format
+        # carries the exemplars (trace ids) of the latency histograms.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        resp = web.Response(body=encoder(registry))
+        resp.headers["Content-Type"] = content_type
         return resp
 
     app.router.add_get("/health", health)

@@ -38,7 +38,7 @@ from dfms.runtime.logs import get_logger, setup_logging
 from dfms.runtime.ops import OpsServer, ReadyCheck
 from dfms.runtime.stacks import dump_stacks
 from dfms.runtime.tasks import cancel_and_wait
-from dfms.runtime.telemetry import Telemetry, setup_tracing
+from dfms.runtime.telemetry import Telemetry, setup_tracing, trace_exemplar
 
 PASSES = Counter("dfms_service_passes_total", "Background passes run", ["service", "outcome"])
 PASS_SECONDS = Histogram("dfms_service_pass_seconds", "Duration of one background pass",
@@ -182,7 +182,7 @@ class BackgroundService(Service):
             self.log.exception("pass failed")
             return None
         elapsed = time.perf_counter() - start
-        PASS_SECONDS.labels(self.name).observe(elapsed)
+        PASS_SECONDS.labels(self.name).observe(elapsed, trace_exemplar())
         PASSES.labels(self.name, "ok" if stats.errors == 0 else "partial").inc()
         for counter, amount in stats.counters.items():
             PASS_ITEMS.labels(self.name, counter).inc(amount)

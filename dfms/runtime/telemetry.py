@@ -204,6 +204,16 @@ def setup_tracing(service: str, cfg: TelemetryConfig,
     return Telemetry(provider)
 
 
+def trace_exemplar() -> dict[str, str] | None:
+    """The current sampled span's trace id as a Prometheus exemplar (``observe(x,
+    exemplar)``): a latency sample in a histogram leads to a trace that shows why. None
+    outside a sampled span, so an exemplar always points at a trace that was exported."""
+    ctx = trace.get_current_span().get_span_context()
+    if not (ctx.is_valid and ctx.trace_flags.sampled):
+        return None
+    return {"trace_id": trace.format_trace_id(ctx.trace_id)}
+
+
 def tracing_active() -> bool:
     """Whether this process installed an SDK provider (so spans can record)."""
     return isinstance(trace.get_tracer_provider(), TracerProvider)

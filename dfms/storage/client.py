@@ -26,6 +26,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 
 from dfms.config import S3Config
+from dfms.runtime.telemetry import trace_exemplar
 from dfms.storage.errors import NodeUnavailable, ObjectNotFound, StorageError, StorageRejected
 
 T = TypeVar("T")
@@ -227,7 +228,8 @@ class NodeClient:
                 trace.get_current_span().add_event("retry", {"error": str(error)})
                 await asyncio.sleep(self._backoff(attempt))
                 continue
-            S3_SECONDS.labels(self.node_id, op).observe(time.perf_counter() - start)
+            S3_SECONDS.labels(self.node_id, op).observe(time.perf_counter() - start,
+                                                        trace_exemplar())
             S3_REQUESTS.labels(self.node_id, op, "ok").inc()
             return result
         raise AssertionError("unreachable")

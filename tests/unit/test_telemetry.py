@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry, Histogram
 
 import dfms
 from dfms.config import ConfigError, TelemetryConfig, load_config
@@ -28,12 +30,20 @@ from dfms.events.consumer import producer_links
 from dfms.events.envelope import Event, current_trace_context
 from dfms.gateway.tracing import REDACTED, redacted_url
 from dfms.runtime.logs import TextFormatter, TraceContextFilter
+from dfms.runtime.ops import add_ops_routes
 from dfms.runtime.service import BackgroundService, PassStats
-from dfms.runtime.telemetry import make_provider, make_sampler, resolve, setup_tracing
+from dfms.runtime.telemetry import (
+    make_provider,
+    make_sampler,
+    resolve,
+    setup_tracing,
+    trace_exemplar,
+)
 from dfms.storage import NodeUnavailable
 from dfms.storage.client import NodeClient
 
 EXPORTER = InMemorySpanExporter()
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +238,31 @@ async def test_s3_call_span_has_node_operation_and_outcome(spans: InMemorySpanEx
     assert span.attributes["dfms.s3.operation"] == "ping"
     assert span.attributes["dfms.s3.outcome"] == "NodeUnavailable"
     assert span.status.status_code is StatusCode.ERROR
+
+
+# -- exemplars -------------------------------------------------------------------------------
+
+def test_exemplar_is_the_sampled_trace() -> None:
+    assert trace_exemplar() is None
+    with TracerProvider().get_tracer("test").start_as_current_span("work") as span:
+        exemplar = trace_exemplar()
+    assert exemplar == {"trace_id": trace.format_trace_id(span.get_span_context().trace_id)}
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    with unsampled.start_as_current_span("dropped"):
+        assert trace_exemplar() is None
+
+
+async def test_metrics_carry_exemplars_in_openmetrics() -> None:
+    registry = CollectorRegistry()
+    latency = Histogram("dfms_test_seconds", "test", registry=registry)
+    with TracerProvider().get_tracer("test").start_as_current_span("work"):
+        latency.observe(0.2, trace_exemplar())
+    app = web.Application()
+    add_ops_routes(app, "test", {}, registry)
+    async with TestClient(TestServer(app)) as client:
+        plain = await (await client.get("/metrics")).text()
+        resp = await client.get("/metrics", headers={"Accept": OPENMETRICS})
+        text = await resp.text()
+    assert "trace_id" not in plain
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert '# {trace_id="' in text
