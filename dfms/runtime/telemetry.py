@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -145,9 +145,12 @@ def make_exporter(settings: TraceSettings) -> SpanExporter:
 
 def make_provider(service: str, settings: TraceSettings,
                   exporter: SpanExporter | None = None) -> TracerProvider:
-    resource = Resource.create({
-        "service.name": service_name(service), "service.version": dfms.__version__,
-        "deployment.environment": settings.environment})
+    ours = Resource({"service.name": service_name(service),
+                     "service.version": dfms.__version__,
+                     "deployment.environment": settings.environment})
+    # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, when set, win over ours, as every
+    # other standard variable does (the compose file sets the environment that way).
+    resource = Resource.create().merge(ours).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=resource,
                               sampler=make_sampler(settings.sampler, settings.sampler_arg))
     provider.add_span_processor(BatchSpanProcessor(exporter or make_exporter(settings)))

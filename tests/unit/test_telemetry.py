@@ -33,6 +33,7 @@ from dfms.runtime.logs import TextFormatter, TraceContextFilter
 from dfms.runtime.ops import add_ops_routes
 from dfms.runtime.service import BackgroundService, PassStats
 from dfms.runtime.telemetry import (
+    make_exporter,
     make_provider,
     make_sampler,
     resolve,
@@ -266,3 +267,25 @@ async def test_metrics_carry_exemplars_in_openmetrics() -> None:
     assert "trace_id" not in plain
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
     assert '# {trace_id="' in text
+
+
+def test_resource_variables_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=production")
+    settings = resolve(TelemetryConfig(endpoint="http://c:4318"), {})
+    provider = make_provider("gateway", settings, InMemorySpanExporter())
+    try:
+        assert provider.resource.attributes["deployment.environment"] == "production"
+        assert provider.resource.attributes["service.name"] == "dfms-gateway"
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_exporter_follows_the_protocol(protocol: str) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL":
+           protocol}
+    exporter = make_exporter(resolve(TelemetryConfig(), env))
+    try:
+        assert ("grpc" in type(exporter).__module__) == (protocol == "grpc")
+    finally:
+        exporter.shutdown()
