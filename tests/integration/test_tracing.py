@@ -181,7 +181,10 @@ async def test_one_upload_is_one_trace_across_services(
 async def test_no_endpoint_no_export_in_the_logs(cluster: ClusterHandle) -> None:
     """The suite's cluster runs without an endpoint: one upload, and no service says a
     word about tracing or exporting (no exporter exists, so nothing fails or retries)."""
-    before = len(cluster.log_text())
+    log = cluster.log_text()
+    assert not cluster.log_path or "started" in log, "the cluster's log is where we look"
+    assert "tracing on" not in log, "a service set up tracing without an endpoint"
+    before = len(log)
     await upload_once(cluster)
     await asyncio.sleep(1.0)
     new = cluster.log_text()[before:].lower()
