@@ -132,20 +132,19 @@ async def upload_once(cluster: ClusterHandle, *, download: bool = False) -> str:
     return str(user.id)
 
 
-async def test_one_upload_is_one_trace_across_services(
-        traced_cluster: ClusterHandle, collected: tuple[Collected, int]) -> None:
-    spans, _ = collected
-    await traced_cluster.control("stop", STOPPED_NODE)  # so the chunk is under-replicated
-    user_id = await upload_once(traced_cluster, download=True)
-
+async def upload_root(spans: Collected, user_id: str) -> bytes:
+    """The upload's request span, checked; its trace id."""
     root = await spans.wait_for("gateway upload", is_upload)
-    trace_id = root.trace_id
     assert not root.parent_span_id, "the upload's request span is the trace's root"
     root_attrs = attrs(root)
     assert root_attrs["http.route"] == "/api/v1/files/upload"
     assert root_attrs["enduser.id"] == user_id
     assert not any("Bearer" in str(v) for v in root_attrs.values())
+    return bytes(root.trace_id)
 
+
+async def check_upload_trace(spans: Collected, trace_id: bytes) -> None:
+    """The chunk service's and the nodes' parts of the upload are in its trace."""
     def in_trace(match: Callable[[Span], bool]) -> Callable[[Span], bool]:
         return lambda s: s.trace_id == trace_id and match(s)
 
@@ -163,6 +162,15 @@ async def test_one_upload_is_one_trace_across_services(
     assert attrs(put)["dfms.node.id"] != STOPPED_NODE
     await spans.wait_for("PostgreSQL", in_trace(lambda s: attrs(s).get("db.system")
                                                 == "postgresql"))
+
+
+async def test_one_upload_is_one_trace_across_services(
+        traced_cluster: ClusterHandle, collected: tuple[Collected, int]) -> None:
+    spans, _ = collected
+    await traced_cluster.control("stop", STOPPED_NODE)  # so the chunk is under-replicated
+    user_id = await upload_once(traced_cluster, download=True)
+    trace_id = await upload_root(spans, user_id)
+    await check_upload_trace(spans, trace_id)
 
     read_root = await spans.wait_for("gateway download", lambda s: (
         s.name == "GET /api/v1/files/{file_id}/download" and s.kind == Span.SPAN_KIND_SERVER))
