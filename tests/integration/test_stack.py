@@ -65,6 +65,9 @@ async def test_cluster_file_lists_every_endpoint(cluster: ClusterHandle) -> None
     assert len(info["s3_nodes"]) == 3
     assert {n["zone"] for n in info["s3_nodes"]} == {"zone-a", "zone-b", "zone-c"}
     assert oct((cluster.data_dir / "cluster.json").stat().st_mode & 0o777) == "0o600"
+    if not os.environ.get("DFMS_TEST_CLUSTER"):  # ours, started without --observability
+        assert "prometheus" not in info and "prometheus" not in info["ports"]
+        assert not (cluster.data_dir / "prometheus").exists()
 
 
 async def test_postgres_is_migrated_and_ring_registered(cluster: ClusterHandle) -> None:
