@@ -25,6 +25,10 @@ GRPC_SERVICE = "dfms.chunk.v1.ChunkService"
 _TRACER = trace.get_tracer("dfms.chunkservice.client")
 RECONNECT_BACKOFF_MIN_MS = 250
 RECONNECT_BACKOFF_MAX_MS = 2000  # 2 s: how late a returning chunk service is noticed, at most
+# What grpc aio reports when a message can't be sent because the connection broke under
+# a streaming call (a chunk service killed mid-upload): the client's own transport failed,
+# the server said nothing, so it is an outage, not a server error.
+_CORE_SEND_FAILED = "Internal error from Core"
 
 
 def _translate(err: grpc.aio.AioRpcError) -> Exception:
@@ -32,7 +36,8 @@ def _translate(err: grpc.aio.AioRpcError) -> Exception:
     cls = ERROR_TYPES.get(str(trailers.get(ERROR_TYPE_KEY, "")))
     if cls is not None:
         return cls(err.details() or "")
-    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+            err.code() is grpc.StatusCode.INTERNAL and err.details() == _CORE_SEND_FAILED):
         return ChunkServiceUnavailable(f"chunk service unreachable: {err.details()}")
     return ChunkServiceError(f"chunk service failed: {err.code().name}: {err.details()}")
 

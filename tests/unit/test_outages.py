@@ -2,13 +2,17 @@
 MetadataUnavailable, an unreachable chunk service ChunkServiceUnavailable, and the
 gateway answers each with 503, ``Retry-After`` and its own code, never an address.
 
-Real sockets, no servers: a loopback port nobody listens on refuses at once.
+Real sockets: a loopback port nobody listens on refuses at once, and a real gRPC
+server killed mid-call breaks the connection under the client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -127,4 +131,39 @@ async def test_an_unreachable_chunk_service_fails_within_the_connect_timeout(cal
                 async for _ in client.download(chunks=[]):
                     pass
     assert not isinstance(info.value, ChunkServiceError)
+    assert api_error(info.value).code == "chunk_service_unavailable"
+
+
+async def _endless_frames() -> AsyncIterator[bytes]:
+    while True:
+        yield bytes(64 * 1024)
+
+
+async def _read_line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+
+
+@pytest.mark.parametrize("frames_read", [1, 3, 6])
+async def test_a_chunk_service_killed_mid_upload_is_an_outage(frames_read: int) -> None:
+    """Killed while the client's sends are queued behind flow control, the call fails in
+    the client's own transport (grpc says INTERNAL); the server never spoke, so it is
+    503 chunk_service_unavailable, not 502 storage_error."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.slow_chunk_server",
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        port = int(await _read_line(proc))
+        async with ChunkClient(f"127.0.0.1:{port}", connect_timeout_s=5.0,
+                               frame_size_bytes=64 * 1024) as client:
+            upload = asyncio.create_task(client.upload(_endless_frames()))
+            for _ in range(frames_read):
+                assert await _read_line(proc) == "frame"
+            proc.kill()
+            with pytest.raises(deps.ChunkServiceUnavailable) as info:
+                await asyncio.wait_for(upload, 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
     assert api_error(info.value).code == "chunk_service_unavailable"
