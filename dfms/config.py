@@ -255,6 +255,11 @@ class HealthmonConfig:
                                      "the chunk service or replication manager marks a "
                                      "healthy node suspect itself (only probes mark it "
                                      "down or healthy again); 0 = never", lo=0, hi=1000)
+    cluster_gauges_interval_s: float = opt(30.0, "how often the health monitor recomputes "
+                                           "the cluster gauges (chunks, dedup, at-risk "
+                                           "chunks, queues: aggregate queries over every "
+                                           "replica); checked after each probe pass",
+                                           lo=1.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,6 @@ from dfms.metadata import admin as adm
 from dfms.metadata.db import Connection
 from dfms.metadata.states import AdminState, ChunkState
 
-# Long enough that the aggregates (a hashed pass over every replica) cost little,
-# short enough that an outage shows up on a dashboard within a scrape or two.
-REFRESH_INTERVAL_S = 30.0
-
 CHUNKS = Gauge("dfms_stored_chunks", "Chunks in the metadata by state", ["state"])
 CHUNK_BYTES = Gauge("dfms_stored_chunk_bytes", "Bytes of chunks (one copy) by state",
                     ["state"])
@@ -67,9 +63,12 @@ def due(last: float | None, now: float, interval_s: float) -> bool:
 
 
 class ClusterGauges:
-    """Sets the gauges above from one snapshot, at most once per ``interval_s``."""
+    """Sets the gauges above from one snapshot, at most once per ``interval_s``
+    (``healthmon.cluster_gauges_interval_s``: long enough that the aggregates, a hashed
+    pass over every replica, cost little; short enough that an outage shows up on a
+    dashboard within a scrape or two)."""
 
-    def __init__(self, replicas_n: int, interval_s: float = REFRESH_INTERVAL_S) -> None:
+    def __init__(self, replicas_n: int, interval_s: float) -> None:
         self.replicas_n = replicas_n
         self.interval_s = interval_s
         self._last: float | None = None

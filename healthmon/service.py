@@ -81,7 +81,8 @@ class HealthMonitor(PooledService):
         self._s3 = probe_s3_config(config.s3, config.healthmon.probe_timeout_s)
         self._nodes = NodeRegistry(self._s3, select=not_removed, name="healthmon-nodes")
         self._tracks: dict[str, NodeTrack] = {}
-        self._gauges = ClusterGauges(config.replication.replicas_n)
+        self._gauges = ClusterGauges(config.replication.replicas_n,
+                                     config.healthmon.cluster_gauges_interval_s)
 
     @property
     def ops_port(self) -> int:

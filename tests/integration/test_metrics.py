@@ -19,7 +19,6 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dfms.healthmon.cluster_gauges import REFRESH_INTERVAL_S
 from dfms.healthmon.state import Health
 from dfms.metadata import admin as adm
 from tests.support.api import Api, ApiUser
@@ -120,7 +119,7 @@ async def check_cluster_gauges(cluster: ClusterHandle, uploaded_at: float, size:
     hm = await eventually(
         cluster, "health-monitor",
         lambda s: total(s, "dfms_cluster_gauges_refresh_timestamp_seconds") > uploaded_at,
-        REFRESH_INTERVAL_S + 30)
+        cluster.config.healthmon.cluster_gauges_interval_s + 30)
     assert total(hm, "dfms_cluster_gauges_refresh_timestamp_seconds") > uploaded_at
     live = total(hm, "dfms_stored_chunks", state="live")
     assert live >= 3  # a 3 MiB file in chunks of at most 4 MiB, at least 256 KiB

@@ -14,10 +14,13 @@ import pytest
 from aiokafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
+from dfms.config import load_config
+from dfms.errors import ConfigError
 from dfms.events.lag import LagMeter, topic_lag
 from dfms.gateway.middleware import OTHER_METHOD, method_label
 from dfms.gc.worker import record_pass
 from dfms.healthmon import cluster_gauges as cg
+from dfms.healthmon.service import HealthMonitor
 from dfms.metadata.admin import GaugeNumbers, NodeRow, gone_and_not_up
 from dfms.runtime.service import PassStats
 from tests.unit.test_deploy import exported_metrics
@@ -130,7 +133,16 @@ def test_http_method_label_is_bounded(method: str, label: str) -> None:
 
 @pytest.fixture
 def gauges() -> Iterator[cg.ClusterGauges]:
-    yield cg.ClusterGauges(replicas_n=3)
+    yield cg.ClusterGauges(replicas_n=3, interval_s=30.0)
+
+
+def test_gauges_interval_is_the_config_key() -> None:
+    cfg = load_config(env={"DFMS_HEALTHMON__CLUSTER_GAUGES_INTERVAL_S": "7.5"})
+    assert cfg.healthmon.cluster_gauges_interval_s == 7.5
+    assert HealthMonitor(cfg)._gauges.interval_s == 7.5
+    assert HealthMonitor(load_config(env={}))._gauges.interval_s == 30.0
+    with pytest.raises(ConfigError, match="cluster_gauges_interval_s"):
+        load_config(env={"DFMS_HEALTHMON__CLUSTER_GAUGES_INTERVAL_S": "0"})
 
 
 def test_node_series_follow_the_nodes(gauges: cg.ClusterGauges) -> None:
