@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from prometheus_client import Counter, Histogram
 from dfms.gateway.error_table import INTERNAL, answer_for
 from dfms.gateway.errors import HTTP_STATUS_CODES, ApiError
 from dfms.runtime.logs import get_logger
+from dfms.runtime.telemetry import trace_exemplar
 
 log = get_logger("gateway")
 
@@ -57,12 +59,16 @@ async def request_id_middleware(request: web.Request,
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request[REQUEST_ID_KEY] = given if _CLIENT_ID_RE.match(given) else uuid.uuid4().hex
     route, method = _route_name(request), method_label(request.method)
-    with LATENCY.labels(route, method).time():
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            REQUESTS.labels(route, method, str(exc.status)).inc()
-            raise
+    start = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        REQUESTS.labels(route, method, str(exc.status)).inc()
+        raise
+    finally:
+        # Observed inside the instrumentation's request span (its middleware runs
+        # outside this one), so a slow bucket leads to the trace of a slow request.
+        LATENCY.labels(route, method).observe(time.perf_counter() - start, trace_exemplar())
     REQUESTS.labels(route, method, str(response.status)).inc()
     return response
 

@@ -16,18 +16,20 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp.typedefs import Handler
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 import dfms
 from dfms.config import ConfigError, TelemetryConfig, load_config
 from dfms.events.consumer import producer_links
 from dfms.events.envelope import Event, current_trace_context
+from dfms.gateway.middleware import request_id_middleware
 from dfms.gateway.tracing import REDACTED, redacted_url
 from dfms.runtime.logs import TextFormatter, TraceContextFilter
 from dfms.runtime.ops import add_ops_routes
@@ -251,6 +253,39 @@ def test_exemplar_is_the_sampled_trace() -> None:
     unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
     with unsampled.start_as_current_span("dropped"):
         assert trace_exemplar() is None
+
+
+def http_exemplars(route: str) -> list[dict[str, str]]:
+    """The exemplars on the gateway latency histogram's buckets for ``route``."""
+    return [dict(sample.exemplar.labels) for metric in REGISTRY.collect()
+            if metric.name == "dfms_http_request_seconds" for sample in metric.samples
+            if sample.labels.get("route") == route and sample.exemplar is not None]
+
+
+async def test_http_latency_carries_the_request_trace() -> None:
+    sampled = TracerProvider().get_tracer("test")
+    seen: list[str] = []
+
+    @web.middleware
+    async def request_span(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Stands in for the aiohttp-server instrumentation, whose middleware is outermost."""
+        if request.path.startswith("/untraced"):
+            return await handler(request)
+        with sampled.start_as_current_span("GET") as span:
+            seen.append(trace.format_trace_id(span.get_span_context().trace_id))
+            return await handler(request)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[request_span, request_id_middleware])
+    app.router.add_get("/traced/exemplar", ok)
+    app.router.add_get("/untraced/exemplar", ok)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/traced/exemplar")).status == 200
+        assert (await client.get("/untraced/exemplar")).status == 200
+    assert http_exemplars("/traced/exemplar") == [{"trace_id": seen[0]}]
+    assert http_exemplars("/untraced/exemplar") == []
 
 
 async def test_metrics_carry_exemplars_in_openmetrics() -> None:
