@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Folders setup.py keeps out of the wheel wherever they appear under a root.
 NOT_PACKAGED = {"__pycache__", "tests", "benchmarks"}
 OPENAPI = "api/openapi.yaml"  # dfms/gateway/openapi.yaml links to it
+ALERTS = "observability/prometheus/alerts.yml"  # dfms/observability_assets/alerts.yml too
+PACKAGED_ALERTS = "dfms/observability_assets/alerts.yml"
 MIGRATIONS = "dfms/metadata/migrations"
 
 # Web assets do not exist yet; these stand-ins, added to the copy that is built, prove
@@ -216,6 +218,7 @@ def test_sdist_carries_the_c_source_migrations_and_the_openapi_document(built: B
     # The symlink in the source tree arrives as the file it points to.
     assert (src / "dfms/gateway/openapi.yaml").is_symlink()
     assert sdist_read(built.sdist, "dfms/gateway/openapi.yaml") == (src / OPENAPI).read_bytes()
+    assert sdist_read(built.sdist, PACKAGED_ALERTS) == (src / ALERTS).read_bytes()
     assert "dfms/proto/chunk.proto" in members
     for name in PLANTED_ASSETS:
         assert name in members, f"{name} (a web asset) is missing from the sdist"
@@ -236,6 +239,7 @@ def test_wheel_carries_every_module_and_the_package_data(built: Built, which: st
                 if n.startswith("dfms/metadata/migrations/") and n.endswith(".sql")} \
             == sql_names(src)
         assert read("dfms/gateway/openapi.yaml") == (src / OPENAPI).read_bytes()
+        assert read(PACKAGED_ALERTS) == (src / ALERTS).read_bytes()
         assert read("dfms/proto/chunk.proto") == (src / "dfms/proto/chunk.proto").read_bytes()
         for name, content in PLANTED_ASSETS.items():
             assert read(name) == content, name
@@ -296,6 +300,15 @@ def test_installed_wheel_imports_every_module_from_site_packages(
                 if parts[-1] != "__main__":
                     expected.add(".".join(parts))
     assert sorted(expected - set(result["modules"])) == []
+
+
+def test_installed_package_finds_its_alert_rules(installed: Installed, built: Built) -> None:
+    """dfms up --observability loads these: no observability/ folder beside site-packages."""
+    code = "from dfms.observability_assets import alert_rules_path as p; print(p().resolve())"
+    path = Path(run([installed.python, "-I", "-c", code], cwd=installed.workdir,
+                    timeout=60).strip().splitlines()[-1])
+    assert path.is_relative_to(installed.venv), path
+    assert path.read_bytes() == (built.src / ALERTS).read_bytes()
 
 
 def test_installed_cli_answers_and_reports_its_version(installed: Installed) -> None:

@@ -8,6 +8,7 @@ package provides promtool (.ci/run installs it).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from dfms.observability_assets import alert_rules_path
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "observability" / "prometheus"
@@ -135,3 +138,12 @@ def test_production_template_passes_promtool_check_config(tmp_path: Path) -> Non
     config.write_text(yaml.safe_dump(doc))
     result = run_promtool("check", "config", config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_ships_the_rules_byte_for_byte() -> None:
+    """An installed DFMS has no observability/ folder; it reads the packaged copy."""
+    packaged = alert_rules_path()
+    link = REPO / "dfms" / "observability_assets" / "alerts.yml"
+    assert packaged.resolve() == link.resolve()
+    assert link.is_symlink() and os.readlink(link) == "../../observability/prometheus/alerts.yml"
+    assert packaged.read_bytes() == ALERTS.read_bytes()
