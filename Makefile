@@ -61,6 +61,21 @@ integration: install
 bench: install
 	$(BIN)/python benchmarks/bench_chunker.py
 
+## Run a k6 scenario (benchmarks/k6/$(PROFILE).js) against the cluster `make up` runs;
+## starts nothing. PROFILE=smoke|mixed|ingest|dedup|auth_storm|soak|overload,
+## K6ARGS="-e VUS=5 ..." (docs/load.md), DATA_DIR if not .dfms.
+PROFILE ?= smoke
+DATA_DIR ?= $(or $(DFMS_DATA_DIR),.dfms)
+K6ARGS ?=
+.PHONY: load
+load:
+	@test -f benchmarks/k6/$(PROFILE).js || { echo "make load: no scenario benchmarks/k6/$(PROFILE).js"; exit 2; }
+	@test -x $(BIN)/k6 || { echo "make load: $(BIN)/k6 is missing: run make install (or make up) first"; exit 2; }
+	@urls=$$($(BIN)/python benchmarks/k6/cluster_urls.py $(DATA_DIR)) || exit 1; \
+	set -- $$urls; \
+	echo "make load: $(PROFILE) against $$1"; \
+	$(BIN)/k6 run -e BASE_URL=$$1 -e METRICS_URL=$${2:-} $(K6ARGS) benchmarks/k6/$(PROFILE).js
+
 ## Regenerate the generated docs: the sample config and the README's config table.
 docs: install
 	$(BIN)/dfms config sample > deploy/dfms.sample.yaml
