@@ -16,6 +16,11 @@ an acknowledged later row of a key whose earlier row failed stays published;
 consumers dedupe by event id, and that narrow reorder needs a broker failure
 in the middle of one batch.
 
+Tracing: each send is a PRODUCER span (``<topic> publish``, OpenTelemetry's messaging
+conventions) whose parent is the trace context stored with the row, so the publish
+shows in the trace of the change that emitted the event; the headers carry that span's
+context, and the consumer's span links to it. It ends when the broker acknowledges.
+
 Wake-up: ``run_forever`` LISTENs on ``dfms_outbox`` (the outbox insert trigger
 NOTIFYs at commit) and also polls every ``events.relay_interval_s``; after a
 failed pass it backs off (doubling, at most ``MAX_BACKOFF_S``) instead of
@@ -37,10 +42,18 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge
 
 from dfms.config import Config
-from dfms.events.envelope import build_envelope, build_headers, encode_envelope
+from dfms.events.envelope import (
+    TRACE_HEADERS,
+    Headers,
+    build_envelope,
+    build_headers,
+    encode_envelope,
+)
 from dfms.events.outbox import NOTIFY_CHANNEL
 from dfms.events.topics import ensure_topics, start_producer
 from dfms.metadata.db import Connection, connect
@@ -105,6 +118,8 @@ DELETE FROM outbox WHERE id IN (
 
 KEY_BLOCKED = "an earlier event with the same key could not be sent"
 
+_TRACER = trace.get_tracer("dfms.events.relay")
+
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
@@ -117,6 +132,48 @@ class _Batch:
 def _error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text[:2000]
+
+
+def start_publish_span(row: asyncpg.Record, tracer: trace.Tracer = _TRACER) -> trace.Span:
+    """The PRODUCER span of one row's send: a child of the change that emitted it (the
+    stored context), else of the current span (the relay's pass)."""
+    stored = json.loads(row["trace_context"]) if row["trace_context"] else None
+    parent = propagate.extract(stored) if stored else None
+    return tracer.start_span(
+        f"{row['topic']} publish", context=parent, kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "kafka", "messaging.operation": "publish",
+                    "messaging.destination.name": row["topic"],
+                    "messaging.message.id": str(row["event_id"]),
+                    "dfms.event.type": row["type"]})
+
+
+def publish_headers(row: asyncpg.Record, span: trace.Span) -> Headers:
+    """The event's headers with the publish span's context as ``traceparent``. Without
+    tracing in this process that is the stored context itself (the no-op span carries
+    its parent's), so what the emitter recorded still reaches the consumer."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    context = {k: carrier[k] for k in TRACE_HEADERS if carrier.get(k)}
+    return build_headers(row["event_id"], row["type"], context or None)
+
+
+def end_publish_span(span: trace.Span, outcome: asyncio.Future[Any] | BaseException) -> None:
+    """End the span when the broker answered (the future) or the send itself failed."""
+    error: BaseException | None
+    if isinstance(outcome, BaseException):
+        error = outcome
+    elif outcome.cancelled():
+        error = asyncio.CancelledError()
+    else:
+        error = outcome.exception()
+        if error is None:  # acknowledged: where the message landed
+            meta = outcome.result()
+            span.set_attributes({"messaging.kafka.destination.partition": meta.partition,
+                                 "messaging.kafka.message.offset": meta.offset})
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, _error_text(error)))
+    span.end()
 
 
 class OutboxRelay(PooledService):
@@ -262,9 +319,7 @@ class OutboxRelay(PooledService):
                 failures[KEY_BLOCKED].append(row["id"])
                 continue
             try:
-                future = await producer.send(row["topic"], value=self._value(row),
-                                             key=row["key"].encode(),
-                                             headers=self._headers(row))
+                future = await self._send(producer, row)
             except MessageSizeTooLargeError as exc:  # this message only: the rest go on
                 failures[_error_text(exc)].append(row["id"])
                 blocked.add(entity)
@@ -284,16 +339,26 @@ class OutboxRelay(PooledService):
                 published.append(row)
         return published, failures, broken
 
+    async def _send(self, producer: AIOKafkaProducer, row: asyncpg.Record
+                    ) -> asyncio.Future[Any]:
+        """Queue one row's message inside its publish span, which ends at the broker's
+        answer (or here, if the producer refuses the message)."""
+        span = start_publish_span(row)
+        try:
+            future: asyncio.Future[Any] = await producer.send(
+                row["topic"], value=self._value(row), key=row["key"].encode(),
+                headers=publish_headers(row, span))
+        except BaseException as exc:
+            end_publish_span(span, exc)
+            raise
+        future.add_done_callback(lambda done: end_publish_span(span, done))
+        return future
+
     @staticmethod
     def _value(row: asyncpg.Record) -> bytes:
         return encode_envelope(build_envelope(row["event_id"], row["type"], row["occurred_at"],
                                               json.loads(row["payload"]),
                                               row["schema_version"]))
-
-    @staticmethod
-    def _headers(row: asyncpg.Record) -> list[tuple[str, bytes]]:
-        trace = json.loads(row["trace_context"]) if row["trace_context"] else None
-        return build_headers(row["event_id"], row["type"], trace)
 
     async def _cleanup(self, pool: asyncpg.Pool, stats: PassStats) -> None:
         now = time.monotonic()

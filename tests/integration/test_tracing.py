@@ -7,8 +7,9 @@ fewer than n nodes, must give:
 * one trace holding the gateway's request span (named by route template, with the user
   id), the gateway's gRPC client span, the chunk service's gRPC server span, the chunk
   write and an S3 call to a node;
-* a later span of the replication manager consuming the ``chunk.under_replicated``
-  event that upload emitted, linked to the upload's trace.
+* the event relay's PRODUCER span publishing the ``chunk.under_replicated`` event that
+  upload emitted, in the upload's trace;
+* a later span of the replication manager consuming that event, linked to the publish.
 
 The suite's own cluster has no endpoint: there, nothing about exporting appears in the
 logs.
@@ -184,6 +185,12 @@ async def test_one_upload_is_one_trace_across_services(
         timeout_s=CONSUMER_WAIT_S)
     assert consumer.trace_id != trace_id, "the consumer's work is a trace of its own"
     assert attrs(consumer)["dfms.event.type"] == CHUNK_UNDER_REPLICATED
+    publish = await spans.wait_for("event relay publish", lambda s: (
+        s.trace_id == trace_id and s.kind == Span.SPAN_KIND_PRODUCER
+        and attrs(s).get("dfms.event.type") == CHUNK_UNDER_REPLICATED))
+    assert (attrs(publish)["messaging.system"], attrs(publish)["messaging.operation"]) == (
+        "kafka", "publish")
+    assert any(link.span_id == publish.span_id for link in consumer.links)
 
 
 async def test_no_endpoint_no_export_in_the_logs(cluster: ClusterHandle) -> None:

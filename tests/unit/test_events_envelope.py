@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 from dfms.events.envelope import (
     MalformedEvent,
@@ -19,7 +20,7 @@ from dfms.events.envelope import (
     encode_envelope,
     format_time,
 )
-from dfms.events.relay import OutboxRelay
+from dfms.events.relay import OutboxRelay, publish_headers, start_publish_span
 
 EVENT_ID = uuid.UUID("6f1c2a0e-8f4b-4b7e-9d55-0c1f3e2a9b10")
 WHEN = datetime(2025, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
@@ -98,14 +99,18 @@ def test_trace_context_comes_from_the_current_span() -> None:
 
 def test_relay_builds_messages_from_outbox_rows() -> None:
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    row = {"event_id": EVENT_ID, "type": "file.uploaded", "occurred_at": WHEN,
-           "payload": '{"size": 3}', "schema_version": 1,
+    row = {"event_id": EVENT_ID, "topic": "dfms.files", "type": "file.uploaded",
+           "occurred_at": WHEN, "payload": '{"size": 3}', "schema_version": 1,
            "trace_context": json.dumps({"traceparent": parent})}
     event = decode_event(OutboxRelay._value(row))  # type: ignore[arg-type]
     assert (event.event_id, event.type, event.payload) == (EVENT_ID, "file.uploaded", {"size": 3})
-    assert dict(OutboxRelay._headers(row)) == {  # type: ignore[arg-type]
+    # A relay without tracing passes the stored context on as it is.
+    untraced = NoOpTracerProvider().get_tracer("test")
+    span = start_publish_span(row, untraced)  # type: ignore[arg-type]
+    assert dict(publish_headers(row, span)) == {  # type: ignore[arg-type]
         "event_type": b"file.uploaded", "event_id": str(EVENT_ID).encode(),
         "traceparent": parent.encode()}
     no_trace = {**row, "trace_context": None}
-    assert [k for k, _ in OutboxRelay._headers(no_trace)] == [  # type: ignore[arg-type]
+    span = start_publish_span(no_trace, untraced)  # type: ignore[arg-type]
+    assert [k for k, _ in publish_headers(no_trace, span)] == [  # type: ignore[arg-type]
         "event_type", "event_id"]

@@ -6,17 +6,22 @@ provider (once: OpenTelemetry allows one), the way a service installs its OTLP o
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from aiohttp.typedefs import Handler
+from aiokafka.errors import KafkaTimeoutError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -29,6 +34,7 @@ import dfms
 from dfms.config import ConfigError, TelemetryConfig, load_config
 from dfms.events.consumer import producer_links
 from dfms.events.envelope import Event, current_trace_context
+from dfms.events.relay import OutboxRelay
 from dfms.gateway.middleware import request_id_middleware
 from dfms.gateway.tracing import REDACTED, redacted_url
 from dfms.runtime.logs import TextFormatter, TraceContextFilter
@@ -241,6 +247,69 @@ async def test_s3_call_span_has_node_operation_and_outcome(spans: InMemorySpanEx
     assert span.attributes["dfms.s3.operation"] == "ping"
     assert span.attributes["dfms.s3.outcome"] == "NodeUnavailable"
     assert span.status.status_code is StatusCode.ERROR
+
+
+# -- the event relay's publish --------------------------------------------------------------
+
+STORED_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class FakeProducer:
+    """Acknowledges every message at partition 2, offset 41; refuses topic ``dfms.broken``."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, dict[str, bytes]] = {}
+
+    async def send(self, topic: str, *, value: bytes, key: bytes,
+                   headers: list[tuple[str, bytes]]) -> asyncio.Future[Any]:
+        self.headers[topic] = dict(headers)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if topic == "dfms.broken":
+            future.set_exception(KafkaTimeoutError())
+        else:
+            future.set_result(SimpleNamespace(partition=2, offset=41))
+        return future
+
+
+def outbox_row(row_id: int, topic: str, trace_context: str | None) -> dict[str, Any]:
+    return {"id": row_id, "event_id": uuid.uuid4(), "topic": topic, "key": "k",
+            "type": "chunk.under_replicated", "payload": "{}", "schema_version": 1,
+            "occurred_at": datetime.now(UTC), "trace_context": trace_context}
+
+
+async def test_relay_publish_is_a_producer_span_of_the_stored_trace(
+        spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay, producer = OutboxRelay(load_config(env={})), FakeProducer()
+
+    async def get_producer() -> FakeProducer:
+        return producer
+
+    async def check_topics(*_: object) -> None:
+        return None
+
+    monkeypatch.setattr(relay, "_get_producer", get_producer)
+    monkeypatch.setattr(relay, "_check_topics", check_topics)
+    stored = json.dumps({"traceparent": STORED_PARENT})
+    rows = [outbox_row(1, "dfms.chunks", stored), outbox_row(2, "dfms.broken", None)]
+    published, failures, _ = await relay._publish(rows)  # type: ignore[arg-type]
+    assert [r["id"] for r in published] == [1] and list(failures.values()) == [[2]]
+    (span,) = finished(spans, "dfms.chunks publish")
+    ctx = span.get_span_context()
+    assert span.kind is trace.SpanKind.PRODUCER and span.parent is not None
+    assert (f"{ctx.trace_id:032x}", f"{span.parent.span_id:016x}") == (
+        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "kafka", "messaging.operation": "publish",
+        "messaging.destination.name": "dfms.chunks",
+        "messaging.message.id": str(rows[0]["event_id"]),
+        "dfms.event.type": "chunk.under_replicated",
+        "messaging.kafka.destination.partition": 2, "messaging.kafka.message.offset": 41}
+    # The consumer links to the publish: its context is what the message carries.
+    sent = producer.headers["dfms.chunks"]["traceparent"].decode()
+    assert sent == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+    (refused,) = finished(spans, "dfms.broken publish")
+    assert refused.status.status_code is StatusCode.ERROR
+    assert refused.events[0].name == "exception"
 
 
 # -- exemplars -------------------------------------------------------------------------------
