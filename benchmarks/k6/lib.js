@@ -42,6 +42,17 @@ export function envStr(name, fallback) {
   return v === undefined || v === '' ? fallback : v;
 }
 
+// '90s', '30m', '1h30m', '500ms' (k6's duration syntax) in milliseconds.
+export function durationMs(text) {
+  const units = { ms: 1, s: 1000, m: 60000, h: 3600000 };
+  let total = 0;
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/g;
+  let m;
+  while ((m = re.exec(text)) !== null) total += parseFloat(m[1]) * units[m[2]];
+  if (total === 0 && !/^0/.test(text)) throw new Error(`not a duration: ${text}`);
+  return total;
+}
+
 // ---------------------------------------------------------------------------------
 // Reproducible data. k6 has no seeded Math.random, and a byte-at-a-time PRNG in
 // k6's JavaScript engine makes well under 1 MiB/s, far too slow for 512 MiB bodies.
@@ -270,6 +281,17 @@ export class Session {
     this.ensureFresh();
     return Object.assign({ Authorization: `Bearer ${this.access}` }, extra || {});
   }
+}
+
+// A session usable now for `account` ({email, password}, maybe tokens): its own
+// tokens while they are valid, else a new sign-in (waiting out 429s). For setup() and
+// teardown(), whose requests are not the scenario's measured auth traffic.
+export function freshSession(account) {
+  if (account.access && Date.now() < account.expiresAt - 60000) return new Session(account);
+  const res = authPost('/auth/login', { email: account.email, password: account.password },
+    'setup_login');
+  if (res.status !== 200) throw new Error(`signing in ${account.email}: ${res.status} ${res.body}`);
+  return new Session(Object.assign({}, account, tokensOf(res.json())));
 }
 
 let mySession = null;
