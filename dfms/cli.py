@@ -23,6 +23,7 @@ from dfms.nodes import (
     WEIGHT_RULE,
     InvalidNode,
     NodeSpec,
+    check_data_dir,
     check_node_id,
     check_weight,
     clean_endpoint,
@@ -353,7 +354,7 @@ async def _nodes_register(args: argparse.Namespace) -> int:
     from dfms.metadata.errors import NodeExists
 
     cfg = resolve_config(args)
-    node = NodeSpec(args.node_id, args.endpoint, args.zone, args.weight)
+    node = NodeSpec(args.node_id, args.endpoint, args.zone, args.weight, args.node_data_dir)
     conn = await db.connect(cfg.postgres)
     try:
         # The admin API's own add: the same checks, the endpoint probe, one new epoch.
@@ -588,6 +589,12 @@ def _add_nodes(add: Callable[..., argparse.ArgumentParser]) -> None:
                      "chunk go to distinct zones where possible")
     reg.add_argument("--weight", type=_node_rule(_weight), default=1.0,
                      help="share of the chunks relative to the other nodes (default 1)")
+    # Not --data-dir: that global option names the `dfms up` cluster's directory.
+    reg.add_argument("--local-data-dir", dest="node_data_dir", metavar="PATH",
+                     type=_node_rule(check_data_dir), default=None,
+                     help="the node's data directory, only if the health monitor runs on "
+                     "the same host: it then reports that disk's free space "
+                     "(dfms_node_disk_free_bytes); leave out for a node elsewhere")
     nodes("list", "list the storage nodes: endpoint, zone, weight, state, ring state, health",
           cmd_nodes_list)
 

@@ -1,5 +1,5 @@
 """What a storage node is allowed to look like: the one set of rules for its id,
-endpoint, zone and weight.
+endpoint, zone, weight and data directory.
 
 The admin API (``POST /api/v1/admin/nodes``) and the CLI (``dfms nodes register``)
 both check a new node here, so nothing the API would refuse gets in through the
@@ -19,22 +19,28 @@ from dfms.errors import DfmsError
 NODE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_ZONE_CHARS = 64
 MAX_ENDPOINT_CHARS = 2048
+MAX_DATA_DIR_CHARS = 4096  # PATH_MAX on Linux
 
 ID_RULE = "must be 1-63 lowercase letters, digits or '-', starting with a letter or digit"
 ENDPOINT_RULE = ("must be an http(s) URL of a host and optional port, with no path, query, "
                  "credentials or fragment (e.g. http://10.0.0.7:8333)")
 ZONE_RULE = f"must be 1-{MAX_ZONE_CHARS} printable characters"
 WEIGHT_RULE = "must be a finite number > 0"
+DATA_DIR_RULE = (f"must be an absolute path of at most {MAX_DATA_DIR_CHARS} printable "
+                 "characters (the node's data directory as the health monitor's host sees it)")
 
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
-    """A storage node to register: what the ring needs to place chunks on it."""
+    """A storage node to register: what the ring needs to place chunks on it, and where
+    it keeps its data if the health monitor's host can see that directory (the monitor
+    then reports its disk space; None for a node elsewhere, e.g. a MinIO server)."""
 
     node_id: str
     endpoint: str
     zone: str
     weight: float = 1.0
+    data_dir: str | None = None
 
 
 class InvalidNode(DfmsError, ValueError):
@@ -89,7 +95,17 @@ def check_weight(raw: float) -> float:
     return weight
 
 
-def node_spec(node_id: str, endpoint: str, zone: str, weight: float = 1.0) -> NodeSpec:
+def check_data_dir(raw: str) -> str:
+    """The path as given: it is only ever handed to statvfs, never joined or created."""
+    if (not raw or len(raw) > MAX_DATA_DIR_CHARS or not raw.isprintable()
+            or not raw.startswith("/")):
+        raise InvalidNode("data_dir", DATA_DIR_RULE)
+    return raw
+
+
+def node_spec(node_id: str, endpoint: str, zone: str, weight: float = 1.0,
+              data_dir: str | None = None) -> NodeSpec:
     """A checked, canonical NodeSpec; ``InvalidNode`` names the first field that is wrong."""
     return NodeSpec(check_node_id(node_id), clean_endpoint(endpoint), clean_zone(zone),
-                    check_weight(weight))
+                    check_weight(weight),
+                    None if data_dir is None else check_data_dir(data_dir))

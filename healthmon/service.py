@@ -7,6 +7,10 @@ its own transaction: ``last_probe_at`` and ``last_probe_latency_ms`` always, and
 state machine (``dfms.healthmon.state``) moves the node. The chunk service re-reads
 ``nodes.health`` and stops writing to down nodes.
 
+Alongside the probes, each pass reports the free and total bytes of the disk of every
+node registered with a data directory the monitor's host can read
+(``dfms.healthmon.capacity``).
+
 Several monitors may run at once. The node row is locked (``FOR UPDATE``) while a
 monitor applies a probe outcome to the stored state, so a change is written, and
 its event emitted, once (``dfms.healthmon.record``: the passive marking of the chunk
@@ -26,6 +30,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from dfms.config import Config
+from dfms.healthmon.capacity import DiskGauges
 from dfms.healthmon.cluster_gauges import ClusterGauges
 from dfms.healthmon.probe import ProbeResult, probe_key, probe_node, probe_s3_config
 from dfms.healthmon.record import lock_node, record_change
@@ -83,6 +88,7 @@ class HealthMonitor(PooledService):
         self._tracks: dict[str, NodeTrack] = {}
         self._gauges = ClusterGauges(config.replication.replicas_n,
                                      config.healthmon.cluster_gauges_interval_s)
+        self._disks = DiskGauges()
 
     @property
     def ops_port(self) -> int:
@@ -108,7 +114,10 @@ class HealthMonitor(PooledService):
             return stats
         await self._sync_nodes(rows)
         nodes = self._nodes.endpoints
-        results = await self._probe_all(nodes)
+        results, _ = await asyncio.gather(
+            self._probe_all(nodes),
+            self._disks.update({r.node_id: r.data_dir for r in rows
+                                if not_removed(r) and r.data_dir}))
         for node_id, result in results.items():
             self._count_probe(node_id, result, stats)
         try:

@@ -200,11 +200,12 @@ async def lock_ring(conn: Connection) -> None:
 
 
 async def insert_node(conn: Connection, node_id: str, endpoint: str, bucket: str,
-                      zone: str, weight: float) -> bool:
+                      zone: str, weight: float, data_dir: str | None = None) -> bool:
     """Insert a node row; False when the id is taken (by any node, removed ones too)."""
     status = await conn.execute(
-        "INSERT INTO nodes (id, endpoint, bucket, zone, weight) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (id) DO NOTHING", node_id, endpoint, bucket, zone, weight)
+        "INSERT INTO nodes (id, endpoint, bucket, zone, weight, data_dir) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        node_id, endpoint, bucket, zone, weight, data_dir)
     return status.split()[-1] == "1"
 
 

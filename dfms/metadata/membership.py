@@ -159,7 +159,7 @@ async def add_node(db: Db, spec: NodeSpec, s3: S3Config) -> Outcome:
 
     async def change(conn: Connection, ring: RingData | None) -> Outcome:
         if not await adm.insert_node(conn, spec.node_id, spec.endpoint, s3.bucket,
-                                     spec.zone, spec.weight):
+                                     spec.zone, spec.weight, spec.data_dir):
             raise NodeExists(spec.node_id)  # a concurrent add of the same id won
         data = await _save(conn, _ring_with(ring, spec), spec.node_id)
         return await _outcome(conn, spec.node_id, data, data.epoch)
@@ -262,10 +262,11 @@ async def set_weight(db: Db, node_id: str, weight: float) -> Outcome:
 # --- dfms up ------------------------------------------------------------------------------
 
 _UPSERT = """
-INSERT INTO nodes (id, endpoint, bucket, zone, weight)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO nodes (id, endpoint, bucket, zone, weight, data_dir)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE
-SET endpoint = EXCLUDED.endpoint, bucket = EXCLUDED.bucket, updated_at = now()
+SET endpoint = EXCLUDED.endpoint, bucket = EXCLUDED.bucket, data_dir = EXCLUDED.data_dir,
+    updated_at = now()
 """
 _ZONE_WEIGHT = "SELECT zone, weight FROM nodes WHERE id = $1"
 
@@ -275,12 +276,13 @@ async def register_nodes(db: Db, specs: list[NodeSpec], *, bucket: str) -> int:
     the ring epoch in force.
 
     An existing node keeps its zone and weight (an operator may have changed them);
-    only its endpoint follows the running process. Running it again changes nothing.
+    only its endpoint and data directory follow the running process. Running it again
+    changes nothing.
     """
     async def change(conn: Connection, ring: RingData | None) -> int:
         for spec in specs:
             await conn.execute(_UPSERT, spec.node_id, spec.endpoint, bucket, spec.zone,
-                               spec.weight)
+                               spec.weight, spec.data_dir)
         missing = [s for s in specs if member(ring, s.node_id) is None]
         if not missing:
             return ring.epoch if ring is not None else 0

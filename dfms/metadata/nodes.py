@@ -17,7 +17,7 @@ from dfms.metadata.db import Connection
 from dfms.metadata.states import AdminState
 
 _NODES = """
-SELECT id, endpoint, zone, health, admin_state,
+SELECT id, endpoint, zone, health, admin_state, data_dir,
        extract(epoch FROM now() - health_changed_at)::float8 AS in_state_s
 FROM nodes
 ORDER BY id
@@ -26,7 +26,8 @@ ORDER BY id
 
 @dataclass(frozen=True, slots=True)
 class NodeRow:
-    """One row of ``nodes``; ``in_state_s`` is how long it has had its ``health``."""
+    """One row of ``nodes``; ``in_state_s`` is how long it has had its ``health``;
+    ``data_dir`` is where the node keeps its data, if the health monitor's host sees it."""
 
     node_id: str
     endpoint: str
@@ -34,6 +35,7 @@ class NodeRow:
     health: Health
     admin_state: AdminState
     in_state_s: float = 0.0
+    data_dir: str | None = None
 
     @property
     def removed(self) -> bool:
@@ -49,4 +51,5 @@ async def load_nodes(conn: Connection | asyncpg.Pool) -> list[NodeRow]:
     """Every node row, ordered by id."""
     rows = await conn.fetch(_NODES)
     return [NodeRow(str(r["id"]), str(r["endpoint"]), str(r["zone"]), Health(r["health"]),
-                    AdminState(r["admin_state"]), float(r["in_state_s"])) for r in rows]
+                    AdminState(r["admin_state"]), float(r["in_state_s"]), r["data_dir"])
+            for r in rows]

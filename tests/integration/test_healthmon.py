@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+from prometheus_client import REGISTRY
 
 from dfms.healthmon.probe import PROBE_PREFIX, probe_key, probe_node, probe_s3_config
 from dfms.healthmon.service import HealthMonitor
@@ -206,3 +209,31 @@ async def test_a_slow_probe_fails_but_keeps_its_latency(cluster: ClusterHandle) 
     assert fast.ok and fast.error is None and fast.latency_ms is not None
     assert not slow.ok and slow.latency_ms is not None and slow.latency_ms > 0.001
     assert slow.error is not None and "too slow" in slow.error
+
+
+async def test_a_node_with_a_data_dir_reports_its_disk(cluster: ClusterHandle,
+                                                       pg: asyncpg.Connection,
+                                                       tmp_path: Path) -> None:
+    node = cluster.s3_nodes[0]["id"]
+    before = await pg.fetchval("SELECT data_dir FROM nodes WHERE id = $1", node)
+    monitor = HealthMonitor(cluster.config, instance_id=f"test-{uuid.uuid4().hex[:8]}")
+
+    def disk(name: str) -> float | None:
+        return REGISTRY.get_sample_value(f"dfms_node_disk_{name}_bytes", {"node": node})
+
+    try:
+        await pg.execute("UPDATE nodes SET data_dir = $2 WHERE id = $1", node, str(tmp_path))
+        await monitor.run_once()
+        usage = shutil.disk_usage(tmp_path)
+        assert disk("total") == usage.total
+        free = disk("free")
+        assert free is not None and 0 < free <= usage.total
+        # Without a readable directory there is no series (never a stale number).
+        await pg.execute("UPDATE nodes SET data_dir = $2 WHERE id = $1", node,
+                         str(tmp_path / "missing"))
+        await monitor.run_once()
+        assert disk("total") is None and disk("free") is None
+    finally:
+        await pg.execute("UPDATE nodes SET data_dir = $2 WHERE id = $1", node, before)
+        await monitor.close()
+

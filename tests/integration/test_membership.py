@@ -12,6 +12,7 @@ import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -29,6 +30,7 @@ from dfms.metadata.errors import (
     RingRefused,
 )
 from dfms.metadata.membership import NodeSpec
+from dfms.metadata.nodes import load_nodes
 from dfms.nodes import InvalidNode
 from dfms.ring import DRAINING, InvalidRing, RingConflict, RingData
 from dfms.ring import store as ring_store
@@ -107,6 +109,19 @@ async def test_register_nodes_builds_the_ring_once(scratch: asyncpg.Pool,
     assert [(c["epoch"], c["added"]) for c in await ring_changes(scratch)] == [
         (1, ["n1", "n2"]), (2, ["n3"])]
     assert await membership.register_nodes(scratch, [], bucket="b") == 2
+
+
+async def test_register_nodes_stores_where_each_node_keeps_its_data(scratch: asyncpg.Pool
+                                                                    ) -> None:
+    nodes = [NodeSpec("n1", "http://127.0.0.1:9001", "z", data_dir="/data/s3/n1"),
+             NodeSpec("n2", "http://127.0.0.1:9002", "z")]
+    await membership.register_nodes(scratch, nodes, bucket="b")
+    assert {r.node_id: r.data_dir for r in await load_nodes(scratch)} == {
+        "n1": "/data/s3/n1", "n2": None}
+    # The directory follows the running process, like the endpoint.
+    moved = [replace(nodes[0], data_dir="/elsewhere/n1"), nodes[1]]
+    await membership.register_nodes(scratch, moved, bucket="b")
+    assert {r.node_id: r.data_dir for r in await load_nodes(scratch)}["n1"] == "/elsewhere/n1"
 
 
 # --- add ----------------------------------------------------------------------------------

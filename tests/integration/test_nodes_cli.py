@@ -134,7 +134,7 @@ async def test_register_adds_new_ids_once_each(
     env, conn = scratch
     endpoint, bucket = cluster.s3_nodes[0]["endpoint"], cluster.config.s3.bucket
     first = await adfms(cluster, "nodes", "register", "store-1", "--endpoint", endpoint + "/",
-                        "--zone", "rack-1", env=env)
+                        "--zone", "rack-1", "--local-data-dir", "/srv/store-1", env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == (f"node store-1: registered ({endpoint}, zone rack-1, "
                                     "weight 1); ring epoch 1")
@@ -153,8 +153,9 @@ async def test_register_adds_new_ids_once_each(
     assert {(m.node_id, m.zone, m.weight) for m in ring.members} == {
         ("store-1", "rack-1", 1.0), ("store-2", "rack-2", 0.5), ("store-3", "rack-3", 0.5),
         ("store-4", "rack-4", 0.5)}
-    rows = await conn.fetch("SELECT id, endpoint, bucket FROM nodes ORDER BY id")
-    assert [tuple(r) for r in rows] == [(f"store-{i}", endpoint, bucket) for i in (1, 2, 3, 4)]
+    rows = await conn.fetch("SELECT id, endpoint, bucket, data_dir FROM nodes ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        (f"store-{i}", endpoint, bucket, "/srv/store-1" if i == 1 else None) for i in (1, 2, 3, 4)]
     listed = await adfms(cluster, "nodes", "list", env=env)
     assert sorted(table(listed.stdout)) == ["store-1", "store-2", "store-3", "store-4"]
     assert listed.stdout.splitlines()[-1] == "ring epoch 4"

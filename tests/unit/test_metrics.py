@@ -5,9 +5,12 @@ values grow with files or users."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from dfms.errors import ConfigError
 from dfms.events.lag import LagMeter, topic_lag
 from dfms.gateway.middleware import OTHER_METHOD, method_label
 from dfms.gc.worker import record_pass
+from dfms.healthmon import capacity
 from dfms.healthmon import cluster_gauges as cg
 from dfms.healthmon.service import HealthMonitor
 from dfms.metadata.admin import GaugeNumbers, NodeRow, gone_and_not_up
@@ -181,6 +185,30 @@ def test_chunk_gauges_cover_every_state(gauges: cg.ClusterGauges) -> None:
     assert value("dfms_chunks_at_risk") == 2
     assert value("dfms_under_replicated_chunks") == 1
     assert value("dfms_repair_queue_oldest_age_seconds") == 12.5
+
+
+# --- node disk space --------------------------------------------------------------------
+
+async def test_disk_gauges_report_readable_data_dirs(tmp_path: Path) -> None:
+    disks = capacity.DiskGauges()
+    await disks.update({"disk-a": str(tmp_path), "disk-b": str(tmp_path / "missing")})
+    usage = shutil.disk_usage(tmp_path)
+    assert value("dfms_node_disk_total_bytes", node="disk-a") == usage.total
+    free = value("dfms_node_disk_free_bytes", node="disk-a")
+    assert free is not None and abs(free - usage.free) < 64 * 2**20  # other writers
+    assert value("dfms_node_disk_free_bytes", node="disk-b") is None
+    await disks.update({"disk-b": str(tmp_path)})  # disk-a removed or its dir forgotten
+    assert value("dfms_node_disk_free_bytes", node="disk-a") is None
+    assert value("dfms_node_disk_total_bytes", node="disk-a") is None
+    assert value("dfms_node_disk_total_bytes", node="disk-b") == usage.total
+
+
+async def test_a_hanging_statvfs_does_not_hold_the_pass(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setattr(capacity, "disk_space", lambda path: time.sleep(0.5))
+    started = time.monotonic()
+    assert await capacity.read_disk_space("/", timeout_s=0.05) is None
+    assert time.monotonic() - started < 0.4
 
 
 # --- cardinality -----------------------------------------------------------------------

@@ -79,3 +79,21 @@ def test_the_cli_parses_a_node_by_the_same_rules() -> None:
         args = [*base[:2], node_id, *base[3:], *(option or ())]
         assert message in _parse_error(args), args
     assert "required: --zone" in _parse_error(base[:5])
+
+
+def test_a_data_dir_is_an_absolute_printable_path() -> None:
+    assert node_spec("n", "http://h", "z").data_dir is None
+    assert node_spec("n", "http://h", "z", data_dir="/srv/s3/n").data_dir == "/srv/s3/n"
+    for bad in ("", "srv/s3/n", "./n", "/a\nb", "/" + "x" * 4096):
+        with pytest.raises(InvalidNode) as info:
+            node_spec("n", "http://h", "z", data_dir=bad)
+        assert info.value.field == "data_dir", bad
+
+
+def test_the_cli_takes_a_data_dir() -> None:
+    base = ["nodes", "register", "m", "--endpoint", "http://m:9000", "--zone", "z"]
+    assert build_parser().parse_args(base).node_data_dir is None
+    args = build_parser().parse_args([*base, "--local-data-dir", "/srv/m"])
+    assert args.node_data_dir == "/srv/m"
+    assert "argument --local-data-dir: must be an absolute path" in _parse_error(
+        [*base, "--local-data-dir", "relative/m"])
