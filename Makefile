@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dfms-installed
 ARGS ?=
 
-.PHONY: install up test lint unit integration bench proto docs clean
+.PHONY: install trace-ui up test lint unit integration bench proto docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,30 @@ $(COMPOSE_SPEC): $(BIN)/python
 
 install: $(STAMP) $(COMPOSE_SPEC)
 
+# The trace UI of `dfms up --observability`: Arize Phoenix (about 850 MB), in a venv of its
+# own because it pins a newer OpenTelemetry SDK than DFMS. Optional for `make up`;
+# `make test` installs it (tests/integration/test_observability.py opens a trace in it).
+TRACE_UI_VENV ?= .venv-trace-ui
+PHOENIX_VERSION := 20.26.1
+TRACE_UI_STAMP := $(TRACE_UI_VENV)/.dfms-installed
+$(TRACE_UI_STAMP):
+	$(PYTHON) -m venv $(TRACE_UI_VENV)
+	$(TRACE_UI_VENV)/bin/python -m pip install --quiet 'arize-phoenix==$(PHOENIX_VERSION)'
+	touch $@
+
+## Install the local trace UI (Arize Phoenix) that `make up ARGS=--observability` starts.
+trace-ui: $(TRACE_UI_STAMP)
+
+# `dfms up --observability` finds Phoenix here (expanded when a recipe runs, so a venv made
+# earlier in the same `make test` counts).
+export DFMS_PHOENIX ?= $(if $(wildcard $(TRACE_UI_VENV)/bin/phoenix),$(CURDIR)/$(TRACE_UI_VENV)/bin/phoenix)
+
 ## Start the whole local cluster in this terminal (Ctrl-C stops it). ARGS="--nodes 5" etc.
 up: install
 	$(BIN)/dfms up $(ARGS)
 
 ## Lint and run the whole test suite against a real local cluster started for the run.
-test: install lint
+test: install trace-ui lint
 	@$(BIN)/python -m pytest $(ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
 	exit $$code
@@ -90,4 +108,4 @@ proto: install
 		dfms/proto/chunk.proto
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRACE_UI_VENV) build *.egg-info .pytest_cache .ruff_cache

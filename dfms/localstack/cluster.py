@@ -55,7 +55,7 @@ class UpOptions:
     nodes: int = 3
     gateway_port: int = 8080
     config_path: Path | None = None
-    observability: bool = False  # also start Prometheus, scraping every service
+    observability: bool = False  # also start Prometheus and (if installed) the trace UI
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class ClusterInfo:
     ports: dict[str, int] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
     prometheus: dict[str, Any] = field(default_factory=dict)  # with --observability
+    trace_ui: dict[str, Any] = field(default_factory=dict)  # with it, if Phoenix is here
 
     def to_json(self, state: str, up_pid: int) -> dict[str, Any]:
         doc = {"state": state, "pid": up_pid, "data_dir": str(self.data_dir),
@@ -102,6 +103,8 @@ class ClusterInfo:
                "s3_nodes": self.s3_nodes, "services": self.services, "ports": self.ports}
         if self.prometheus:
             doc["prometheus"] = self.prometheus
+        if self.trace_ui:
+            doc["trace_ui"] = self.trace_ui
         return doc
 
 
@@ -153,6 +156,7 @@ class LocalCluster:
         self._control: web.AppRunner | None = None
         self._probes: dict[str, Any] = {}
         self._endpoints: dict[str, str] = {}  # where each process listens, for `cluster ps`
+        self._phoenix: Path | None = None  # the trace UI's executable, when it is started
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -160,6 +164,9 @@ class LocalCluster:
         started = time.monotonic()
         if self.opts.observability:
             observability.prometheus_binary()  # missing: say so before making anything
+            self._phoenix = observability.phoenix_binary()
+            if self._phoenix is None:
+                print(observability.PHOENIX_HINT, file=self.out, flush=True)
         pg_user = servers.pg_system_user()
         if pg_user:  # before anything is made: the database must be able to reach its dir
             servers.check_traversable(self.data_dir, pg_user)
@@ -230,6 +237,8 @@ class LocalCluster:
         await self._start_redis(ports, secret["redis_password"])
         await self._start_s3_nodes(ports, secret["s3_secret_key"])
         await self._start_kafka(ports, secret["s3_secret_key"])
+        if self._phoenix is not None:  # before the services: they export to it from the start
+            await self._start_trace_ui(self._phoenix, ports)
         self.config = self._write_config(ports, gw_port)
         await self._bootstrap(self.config)
         await self._start_services(self.config)
@@ -338,9 +347,30 @@ class LocalCluster:
                         extra={"rules": str(observability.ALERT_RULES)})
         url = f"http://{LOOPBACK}:{port}"
         mp = await self._start_and_wait(observability.prometheus_spec(base, config, port),
-                                        lambda: observability.prometheus_ready(url), port)
+                                        lambda: servers.http_ready(url, "/-/ready"), port)
         self.info.prometheus = {"url": url, "port": port, "pid": mp.pid,
                                 "config": str(config), "rules_dir": str(rules_dir)}
+
+    async def _start_trace_ui(self, binary: Path, ports: PortAllocator) -> None:
+        """Arize Phoenix: a trace UI and span API, receiving OTLP from every service."""
+        port, grpc_port = ports.get("trace_ui"), ports.get("trace_ui.grpc")
+        url = f"http://{LOOPBACK}:{port}"
+        spec = observability.phoenix_spec(binary, self.data_dir / observability.TRACE_UI_DIR,
+                                          port, grpc_port)
+        mp = await self._start_and_wait(spec, lambda: servers.http_ready(url, "/healthz"),
+                                        port)
+        self.info.trace_ui = observability.trace_ui_info(url, port, grpc_port, mp.pid)
+
+    def _telemetry_overrides(self) -> dict[str, object]:
+        """With the local trace UI, every service exports to it and keeps every trace (a
+        laptop wants to see each request); an endpoint in the user's config, or the
+        OTEL_* variables, still win."""
+        if not self.info.trace_ui:
+            return {}
+        if load_config(self.opts.config_path).telemetry.endpoint:
+            return {}
+        return {"endpoint": self.info.trace_ui["otlp_endpoint"], "protocol": "http/protobuf",
+                "sampler_arg": 1.0}
 
     # -- configuration and bootstrap ---------------------------------------------
 
@@ -361,6 +391,8 @@ class LocalCluster:
             "chunk_client": {"target": f"{LOOPBACK}:{ports.assigned['chunk_service.grpc']}"},
             "auth": {"keys_dir": str(self.data_dir / "keys")},
         }
+        if telemetry := self._telemetry_overrides():
+            overrides["telemetry"] = telemetry
         cfg = load_config(self.opts.config_path, overrides=overrides)
         rep, nodes = cfg.replication, self.opts.nodes
         if rep.replicas_n > nodes:
@@ -422,7 +454,8 @@ class LocalCluster:
         info = self.info
         slots: dict[str, dict[str, Any]] = {"postgres": info.postgres, "redis": info.redis,
                                             "kafka": info.kafka, **info.services,
-                                            "prometheus": info.prometheus}
+                                            "prometheus": info.prometheus,
+                                            "trace-ui": info.trace_ui}
         slots.update((node["id"], node) for node in info.s3_nodes)
         for name, slot in slots.items():
             mp = self._proc(name)
@@ -456,5 +489,8 @@ class LocalCluster:
         if self.info.prometheus:
             rows.append(("prometheus", f"{self.info.prometheus['url']}  (alerts: "
                                        f"{self.info.prometheus['url']}/alerts)"))
+        if self.info.trace_ui:
+            rows.append(("traces", f"{self.info.trace_ui['url']}  (Phoenix; OTLP at "
+                                   f"{self.info.trace_ui['otlp_traces_url']})"))
         rows.append(("endpoints and secrets", str(self.data_dir / CLUSTER_FILE)))
         return "\n".join(f"  {name:<20} {where}" for name, where in rows)

@@ -81,6 +81,7 @@ class ClusterHandle:
         pids += [n["pid"] for n in info["s3_nodes"]]
         pids += [s["pid"] for s in info["services"].values()]
         pids.append(info.get("prometheus", {}).get("pid"))  # with --observability
+        pids.append(info.get("trace_ui", {}).get("pid"))
         return [int(p) for p in pids if p]
 
     def log_text(self) -> str:

@@ -2,28 +2,33 @@
 
 The scrape config is generated at every start with the ports the services got
 (``<data dir>/prometheus/prometheus.yml``); the alert rules are copied from
-``observability/prometheus/alerts.yml`` into ``<data dir>/prometheus/rules/``, so a
-test (or an operator trying a rule) can put its own file beside them and reload
-(``POST /-/reload``). ``observability/prometheus/prometheus.yml`` stays the production
-template; job names match it, so the dashboards and rules work on both.
+``observability/prometheus/alerts.yml`` (packaged in ``dfms/observability_assets``) into
+``<data dir>/prometheus/rules/``, so a test (or an operator trying a rule) can put its own
+file beside them and reload (``POST /-/reload``). ``observability/prometheus/prometheus.yml``
+stays the production template; job names match it, so the dashboards and rules work on both.
+
+It also starts Arize Phoenix, an OTLP trace backend with a web UI, when one is installed
+(``make trace-ui``; it lives in a venv of its own because it pins a newer OpenTelemetry SDK
+than DFMS does), and points every service's ``telemetry`` at it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
 from dfms.errors import StackError
 from dfms.localstack.ports import LOOPBACK
 from dfms.localstack.supervisor import ProcessSpec
+from dfms.observability_assets import alert_rules_path
 
-# The repository's rules; a DFMS installed from a wheel has no observability/ folder.
-ALERT_RULES = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yml"
+# observability/prometheus/alerts.yml, as packaged: a wheel install has no observability/.
+ALERT_RULES = alert_rules_path()
 PROMETHEUS_DIR = "prometheus"
 RULES_DIR = "rules"
 # Shorter than production's 15 s: on a laptop a change should show within seconds.
@@ -32,6 +37,13 @@ RETENTION = "7d"
 MISSING = ("--observability needs Prometheus, and `prometheus` is not on PATH. On Debian "
            "or Ubuntu: apt-get install --no-install-recommends prometheus (the package "
            "also has promtool). Or start without --observability")
+
+
+TRACE_UI_DIR = "phoenix"
+PHOENIX_ENV = "DFMS_PHOENIX"  # the `phoenix` executable, when it is not on PATH
+PHOENIX_HINT = ("no trace UI: Arize Phoenix is not installed (`make trace-ui` puts it in "
+                ".venv-trace-ui; or set DFMS_PHOENIX to a `phoenix` executable). Traces "
+                "stay off; Prometheus runs")
 
 
 def prometheus_binary() -> Path:
@@ -80,12 +92,41 @@ def prometheus_spec(base: Path, config: Path, port: int) -> ProcessSpec:
               f"--storage.tsdb.retention.time={RETENTION}",
               f"--web.listen-address={LOOPBACK}:{port}",
               "--web.enable-lifecycle",  # POST /-/reload picks up new rule files
+              "--enable-feature=exemplar-storage",  # latency buckets lead to traces
               "--log.level=warn"])
 
 
-async def prometheus_ready(url: str) -> None:
-    timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as session, \
-            session.get(f"{url}/-/ready") as resp:
-        if resp.status != 200:
-            raise StackError(f"{url}/-/ready answered {resp.status}")
+def phoenix_binary() -> Path | None:
+    """The `phoenix` executable: ``$DFMS_PHOENIX`` (which must exist), else PATH, else
+    None (the trace UI is optional)."""
+    explicit = os.environ.get(PHOENIX_ENV, "").strip()
+    if explicit:
+        path = Path(explicit)
+        if not os.access(path, os.X_OK):
+            raise StackError(f"{PHOENIX_ENV}={explicit} is not an executable; unset it or "
+                             "run `make trace-ui`")
+        return path
+    found = shutil.which("phoenix")
+    return Path(found) if found else None
+
+
+def phoenix_spec(binary: Path, base: Path, port: int, grpc_port: int) -> ProcessSpec:
+    """Phoenix with its SQLite store under ``base``, its UI and OTLP/HTTP receiver on
+    ``port``. Its OTLP/gRPC receiver cannot be kept off and binds every interface, so it
+    gets a port of ours; DFMS exports over HTTP, on loopback."""
+    base.mkdir(parents=True, exist_ok=True)
+    return ProcessSpec(
+        name="trace-ui", argv=[str(binary), "serve"], cwd=str(base),
+        env={"PHOENIX_WORKING_DIR": str(base), "PHOENIX_HOST": LOOPBACK,
+             "PHOENIX_PORT": str(port), "PHOENIX_GRPC_PORT": str(grpc_port),
+             # nothing leaves the machine: no usage reports, no assistant calling out
+             "PHOENIX_TELEMETRY_ENABLED": "false", "PHOENIX_DISABLE_AGENT_ASSISTANT": "true",
+             "PHOENIX_LOGGING_LEVEL": "warning", "PHOENIX_DB_LOGGING_LEVEL": "warning",
+             "PHOENIX_LOG_MIGRATIONS": "false"})
+
+
+def trace_ui_info(url: str, port: int, grpc_port: int, pid: int | None) -> dict[str, Any]:
+    """The cluster.json entry: where to look at traces and where they are sent."""
+    return {"url": url, "port": port, "pid": pid, "otlp_endpoint": url,
+            "otlp_traces_url": f"{url}/v1/traces", "otlp_grpc_port": grpc_port,
+            "spans_api": f"{url}/v1/projects/default/spans"}

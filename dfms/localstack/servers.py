@@ -270,10 +270,10 @@ async def wait_ready(name: str, probe: Callable[[], Awaitable[None]], alive: Cal
     raise StackError(f"{name} was not ready after {timeout_s:.0f}s: {last}")
 
 
-async def http_ready(base_url: str) -> None:
-    """Ready when the service's /ready answers 200."""
+async def http_ready(base_url: str, path: str = "/ready") -> None:
+    """Ready when ``path`` (a DFMS service's /ready by default) answers 200."""
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session, \
-            session.get(f"{base_url}/ready") as resp:
+            session.get(f"{base_url}{path}") as resp:
         if resp.status != 200:
-            raise StackError(f"{base_url}/ready answered {resp.status}: {await resp.text()}")
+            raise StackError(f"{base_url}{path} answered {resp.status}: {await resp.text()}")

@@ -4,7 +4,8 @@ A dedicated cluster (not the session's: a node is killed here) runs a short work
 uploads, downloads, a dedup hit, node-2 killed and started again. Then every query of
 every Grafana dashboard panel returns at least one series from Prometheus's HTTP API,
 every alert rule is loaded, and DfmsStorageNodeDown fired while node-2 was down (its
-`for:` shortened in a test copy of the rules, loaded with POST /-/reload).
+`for:` shortened in a test copy of the rules, loaded with POST /-/reload). The trace UI
+(Arize Phoenix, installed by `make test`) holds each upload's trace across services.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ SHORT_FOR = "5s"
 # Probes every second: the node is marked down about 3 s after the kill.
 CONFIG = {"healthmon": {"interval_s": 1.0}}
 WAIT_S = 120.0
+# Where `make trace-ui` (a prerequisite of `make test`) puts Phoenix.
+PHOENIX = Path(__file__).resolve().parents[2] / ".venv-trace-ui" / "bin" / "phoenix"
 
 T = TypeVar("T")
+
+
+UPLOAD_ROUTE = "POST /api/v1/files/upload"
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Observed:
     prometheus: str
     rules: dict[str, Any]  # the test copy loaded into Prometheus
     fired: list[dict[str, Any]] = field(default_factory=list)  # node-down alerts seen
+    uploader: str = ""  # the user id of the workload's uploads
 
 
 async def prom_get(session: aiohttp.ClientSession, url: str, **params: str) -> Any:
@@ -134,6 +141,14 @@ async def kill_and_revive(observed: Observed, session: aiohttp.ClientSession,
     await poll(f"{KILLED} healthy again and the alert resolved", healthy)
 
 
+def up_env() -> dict[str, str]:
+    """Ours without DFMS_* (as ClusterHandle does), plus the trace UI's executable."""
+    phoenix = Path(os.environ.get(observability.PHOENIX_ENV) or PHOENIX)
+    assert phoenix.exists(), f"no trace UI at {phoenix}: run `make trace-ui`"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFMS_")}
+    return env | {observability.PHOENIX_ENV: str(phoenix)}
+
+
 def write_config(where: Path) -> Path:
     doc = yaml.safe_load(TEST_CLUSTER_CONFIG.read_text())
     for section, values in CONFIG.items():
@@ -151,13 +166,14 @@ async def observed() -> AsyncIterator[Observed]:
     ok = False
     try:
         await asyncio.to_thread(cluster.start, "--observability",
-                                config=write_config(data_dir))
+                                config=write_config(data_dir), env=up_env())
         prom = cluster.info["prometheus"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             rules = await load_rules(session, prom["url"], Path(prom["rules_dir"]))
             result = Observed(cluster, prom["url"], rules)
             api = Api(cluster.gateway_url, session)
             user = await api.register()
+            result.uploader = str(user.id)
             await files_workload(api, user, "before")
             await kill_and_revive(result, session, api, user)
             await files_workload(api, user, "after")
@@ -219,3 +235,49 @@ async def test_every_dashboard_query_returns_series(observed: Observed) -> None:
         with contextlib.suppress(AssertionError):
             await poll("every panel query answered", all_answered, timeout_s=90.0)
     assert empty == {}, "queries that returned no series"
+
+
+def flat(attrs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Span attributes with dotted keys (Phoenix may nest them by their dots)."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+async def phoenix_spans(session: aiohttp.ClientSession, api: str,
+                        **params: str) -> list[dict[str, Any]]:
+    async with session.get(api, params={"limit": "1000", **params}) as resp:
+        assert resp.status == 200, await resp.text()
+        return list((await resp.json())["data"])
+
+
+async def test_an_upload_is_one_trace_in_the_trace_ui(observed: Observed) -> None:
+    """Every request is traced on the local stack (sampling 1.0): an upload of the
+    workload is one trace in Phoenix holding the gateway's request span, the gRPC call to
+    the chunk service, the chunk write, the S3 puts and PostgreSQL."""
+    ui = observed.cluster.info["trace_ui"]
+    assert f"traces               {ui['url']}" in observed.cluster.log_text()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def stored_upload() -> list[dict[str, Any]] | None:
+            """The spans of one of the workload's uploads that wrote new bytes (a dedup
+            hit puts nothing on the nodes)."""
+            for root in await phoenix_spans(session, ui["spans_api"], name=UPLOAD_ROUTE):
+                if flat(root["attributes"]).get("enduser.id") != observed.uploader:
+                    continue
+                spans = await phoenix_spans(session, ui["spans_api"],
+                                            trace_id=root["context"]["trace_id"])
+                if {"chunk write", "s3 put"} <= {s["name"] for s in spans}:
+                    return spans
+            return None
+
+        spans = await poll("an upload's trace with its chunk write and S3 puts",
+                           stored_upload, 60.0)
+    trace_id = spans[0]["context"]["trace_id"]
+    rpc = [s for s in spans if flat(s["attributes"]).get("rpc.system") == "grpc"]
+    assert len(rpc) >= 2, "the gRPC client span (gateway) and server span (chunk service)"
+    assert any(flat(s["attributes"]).get("db.system") == "postgresql" for s in spans)
+    assert all(s["context"]["trace_id"] == trace_id for s in spans)

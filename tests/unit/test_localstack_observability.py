@@ -1,5 +1,6 @@
-"""`dfms up --observability`: the generated Prometheus config, checked by promtool, and
-the refusal when Prometheus is missing. The cluster with a real Prometheus is
+"""`dfms up --observability`: the generated Prometheus config, checked by promtool, the
+refusal when Prometheus is missing, and how the optional trace UI (Phoenix) is found and
+wired. The cluster with a real Prometheus and Phoenix is
 tests/integration/test_observability.py."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dfms.errors import StackError
 from dfms.localstack import observability
 from dfms.localstack.cluster import SERVICES, ClusterInfo, LocalCluster, UpOptions
 
-TEMPLATE = observability.ALERT_RULES.parent / "prometheus.yml"
+TEMPLATE = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "prometheus.yml"
 TARGETS = {svc.name: f"127.0.0.1:{9100 + i}" for i, svc in enumerate(SERVICES)}
 
 
@@ -62,6 +63,7 @@ def test_the_spec_listens_on_loopback_and_allows_reload(tmp_path: Path,
     assert spec.argv[0] == "/usr/bin/prometheus"
     assert "--web.listen-address=127.0.0.1:9999" in spec.argv
     assert "--web.enable-lifecycle" in spec.argv
+    assert "--enable-feature=exemplar-storage" in spec.argv
     assert f"--storage.tsdb.path={tmp_path / 'data'}" in spec.argv
 
 
@@ -91,3 +93,60 @@ def test_cluster_json_and_endpoints_name_prometheus_only_when_started(tmp_path: 
     info.postgres, info.redis = {"dsn": "postgresql://u:p@h/d"}, {"url": "redis://:p@h"}
     info.kafka = {"bootstrap_servers": "h:1", "storage": "s3://t/", "store_endpoint": "e"}
     assert "prometheus           http://127.0.0.1:9090" in cluster.endpoints_text()
+
+
+def test_phoenix_is_found_by_variable_then_path_and_is_optional(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(observability.PHOENIX_ENV, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert observability.phoenix_binary() is None
+    monkeypatch.setattr(shutil, "which", lambda name: f"/opt/bin/{name}")
+    assert observability.phoenix_binary() == Path("/opt/bin/phoenix")
+    exe = tmp_path / "phoenix"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv(observability.PHOENIX_ENV, str(exe))
+    assert observability.phoenix_binary() == exe
+    monkeypatch.setenv(observability.PHOENIX_ENV, str(tmp_path / "missing"))
+    with pytest.raises(StackError, match=r"DFMS_PHOENIX=.*not an executable"):
+        observability.phoenix_binary()
+
+
+def test_phoenix_listens_on_loopback_and_sends_nothing_out(tmp_path: Path) -> None:
+    spec = observability.phoenix_spec(Path("/opt/bin/phoenix"), tmp_path / "px", 7001, 7002)
+    assert spec.argv == ["/opt/bin/phoenix", "serve"] and spec.name == "trace-ui"
+    env = spec.env
+    assert (env["PHOENIX_HOST"], env["PHOENIX_PORT"], env["PHOENIX_GRPC_PORT"]) == (
+        "127.0.0.1", "7001", "7002")
+    assert env["PHOENIX_WORKING_DIR"] == str(tmp_path / "px") and (tmp_path / "px").is_dir()
+    assert env["PHOENIX_TELEMETRY_ENABLED"] == "false"
+    assert env["PHOENIX_DISABLE_AGENT_ASSISTANT"] == "true"
+
+
+def test_services_export_to_the_trace_ui_unless_the_config_names_an_endpoint(
+        tmp_path: Path) -> None:
+    cluster = LocalCluster(UpOptions(data_dir=tmp_path))
+    assert cluster._telemetry_overrides() == {}  # no trace UI: tracing stays as configured
+    cluster.info.trace_ui = observability.trace_ui_info("http://127.0.0.1:7001", 7001, 7002,
+                                                        9)
+    assert cluster._telemetry_overrides() == {
+        "endpoint": "http://127.0.0.1:7001", "protocol": "http/protobuf", "sampler_arg": 1.0}
+    own = tmp_path / "own.yaml"
+    own.write_text("telemetry:\n  endpoint: http://127.0.0.1:4318\n")
+    cluster = LocalCluster(UpOptions(data_dir=tmp_path, config_path=own))
+    cluster.info.trace_ui = {"otlp_endpoint": "http://127.0.0.1:7001"}
+    assert cluster._telemetry_overrides() == {}
+
+
+def test_cluster_json_and_endpoints_name_the_trace_ui_only_when_started(tmp_path: Path) -> None:
+    info = ClusterInfo(tmp_path, tmp_path / "dfms.yaml")
+    assert "trace_ui" not in info.to_json("ready", 1)
+    info.trace_ui = observability.trace_ui_info("http://127.0.0.1:7001", 7001, 7002, 9)
+    doc = info.to_json("ready", 1)["trace_ui"]
+    assert doc["spans_api"] == "http://127.0.0.1:7001/v1/projects/default/spans"
+    assert doc["otlp_traces_url"] == "http://127.0.0.1:7001/v1/traces"
+    cluster = LocalCluster(UpOptions(data_dir=tmp_path))
+    cluster.info = info
+    info.postgres, info.redis = {"dsn": "postgresql://u:p@h/d"}, {"url": "redis://:p@h"}
+    info.kafka = {"bootstrap_servers": "h:1", "storage": "s3://t/", "store_endpoint": "e"}
+    assert "traces               http://127.0.0.1:7001  (Phoenix" in cluster.endpoints_text()
