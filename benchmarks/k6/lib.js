@@ -23,6 +23,8 @@ export const MIB = 1024 * 1024;
 // 429s are answers the gateway is allowed to give under load (with Retry-After): each
 // scenario decides whether they fail it; this counts them wherever they happen.
 export const rateLimited = new Counter('rate_limited');
+// Access tokens renewed because they were about to expire (Session.ensureFresh).
+export const tokenRenewals = new Counter('token_renewals');
 
 // ---------------------------------------------------------------------------------
 // Environment knobs
@@ -273,6 +275,7 @@ export class Session {
 
   ensureFresh() {
     if (!this.due()) return;
+    tokenRenewals.add(1);
     const res = this.refresh();
     if (res.status === 401) this.login();
   }
