@@ -319,7 +319,7 @@ class LocalCluster:
                            "store_pid": store_proc.pid}
         self.info.s3_nodes = [
             {"id": name, "endpoint": f"http://{LOOPBACK}:{p.s3}", "zone": ZONES[i % 3],
-             "pid": mp.pid}
+             "pid": mp.pid, "data_dir": str(self.data_dir / "s3" / name)}
             for i, ((name, p, _), mp) in enumerate(zip(specs[:-1], procs[:-1], strict=True))]
 
     @staticmethod
@@ -412,7 +412,9 @@ class LocalCluster:
         try:
             applied = await migrate_up(conn)
             log.info("migrations applied", extra={"count": len(applied)})
-            nodes = [NodeSpec(n["id"], n["endpoint"], n["zone"]) for n in self.info.s3_nodes]
+            # Their directories are on this host: the health monitor reports their disks.
+            nodes = [NodeSpec(n["id"], n["endpoint"], n["zone"], data_dir=n["data_dir"])
+                     for n in self.info.s3_nodes]
             epoch = await register_nodes(conn, nodes, bucket=cfg.s3.bucket)
             log.info("nodes registered", extra={"nodes": len(nodes), "ring_epoch": epoch})
         finally:

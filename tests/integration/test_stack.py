@@ -75,8 +75,11 @@ async def test_postgres_is_migrated_and_ring_registered(cluster: ClusterHandle) 
     try:
         states = await migrate.status(conn)
         assert states and all(s.applied and s.checksum_ok for s in states)
-        nodes = await conn.fetch("SELECT id, endpoint FROM nodes ORDER BY id")
+        nodes = await conn.fetch("SELECT id, endpoint, data_dir FROM nodes ORDER BY id")
         assert [r["id"] for r in nodes] == ["node-1", "node-2", "node-3"]
+        # so the health monitor reports each local node's disk
+        assert [r["data_dir"] for r in nodes] == [
+            str(cluster.data_dir.resolve() / "s3" / r["id"]) for r in nodes]
         ring = await ring_store.load_latest(conn)
         assert ring is not None
         assert sorted(m.node_id for m in ring.members) == ["node-1", "node-2", "node-3"]
