@@ -29,7 +29,7 @@ from dfms.nodes import (
     clean_endpoint,
     clean_zone,
 )
-from dfms.runtime.logs import setup_logging
+from dfms.runtime.logs import get_logger, setup_logging
 from dfms.runtime.service import PassStats
 
 if TYPE_CHECKING:
@@ -158,19 +158,29 @@ def cmd_event_relay(args: argparse.Namespace) -> int:
 _P = TypeVar("_P", bound="PooledService")
 
 
-def _one_pass(cfg: Config, make: Callable[[], _P], run: Callable[[_P], Awaitable[int]]
-              ) -> int:
+def _one_pass(cfg: Config, service: str, make: Callable[[], _P],
+              run: Callable[[_P], Awaitable[int]]) -> int:
     """Run one pass in the foreground (--once, --scrub), print it, and close what ran it.
-    ``make`` is called inside the event loop, so a runner may bind loop objects as it is
-    built."""
+    It is traced as ``service``'s passes are (a root span per pass, when an endpoint is
+    set), and the spans are flushed before the command exits. ``make`` is called inside
+    the event loop, so a runner may bind loop objects as it is built."""
+    from dfms.runtime.service import flush_traces, pass_span
+    from dfms.runtime.telemetry import setup_tracing
+
     setup_logging(cfg.logging.level, cfg.logging.format)
 
     async def main() -> int:
-        runner = make()
+        telemetry = setup_tracing(service, cfg.telemetry)  # before the runner's clients
         try:
-            return await run(runner)
+            runner = make()
+            try:
+                with pass_span(runner.name) as span:
+                    span.set_attribute("dfms.pass.manual", True)  # not a scheduled pass
+                    return await run(runner)
+            finally:
+                await runner.close()
         finally:
-            await runner.close()
+            await flush_traces(telemetry, get_logger("dfms.cli"))
 
     return asyncio.run(main())
 
@@ -187,6 +197,11 @@ async def _scrub(scrubber: Scrubber) -> int:
 
 
 def _print_stats(stats: PassStats) -> int:
+    from opentelemetry import trace
+
+    from dfms.runtime.service import record_pass
+
+    record_pass(trace.get_current_span(), stats)
     for name, count in sorted(stats.counters.items()):
         print(f"{name:<34} {count}")
     print(f"{'errors':<34} {stats.errors}")
@@ -202,7 +217,8 @@ def cmd_gc_worker(args: argparse.Namespace) -> int:
         raise ConfigError("--dry-run", True, "only meaningful with --once")
     if not args.once:
         return main_for(GcWorker(cfg), cfg)
-    return _one_pass(cfg, lambda: GcWorker(cfg, dry_run=args.dry_run), _run_once)
+    return _one_pass(cfg, GcWorker.name, lambda: GcWorker(cfg, dry_run=args.dry_run),
+                     _run_once)
 
 
 def cmd_replication_manager(args: argparse.Namespace) -> int:
@@ -212,9 +228,10 @@ def cmd_replication_manager(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     if args.scrub:  # also with --once: a scrub is the pass asked for
-        return _one_pass(cfg, lambda: Scrubber(cfg), _scrub)
+        return _one_pass(cfg, ReplicationManager.name, lambda: Scrubber(cfg), _scrub)
     if args.once:
-        return _one_pass(cfg, lambda: ReplicationManager(cfg), _run_once)
+        return _one_pass(cfg, ReplicationManager.name, lambda: ReplicationManager(cfg),
+                         _run_once)
     return main_for(ReplicationManager(cfg), cfg)
 
 

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -129,6 +129,23 @@ class PassStats:
         self.counters[name] = self.counters.get(name, 0) + amount
 
 
+@contextlib.contextmanager
+def pass_span(service: str) -> Iterator[trace.Span]:
+    """The root span of one pass of ``service``: a trace of its own (empty parent
+    context), not part of whatever trace was current when the loop task was created."""
+    with _TRACER.start_as_current_span(f"{service} pass", context=Context()) as span:
+        yield span
+
+
+def record_pass(span: trace.Span, stats: PassStats | None) -> None:
+    """A pass's counters on its span; None is a pass that failed."""
+    if stats is None:
+        span.set_status(StatusCode.ERROR, "pass failed")
+    elif span.is_recording():
+        span.set_attributes({f"dfms.pass.{k}": v for k, v in stats.counters.items()})
+        span.set_attribute("dfms.pass.errors", stats.errors)
+
+
 class BackgroundService(Service):
     """A service whose work is a repeated pass: ``run_once`` / ``run_forever``."""
 
@@ -160,15 +177,8 @@ class BackgroundService(Service):
         return await self.run_once()
 
     async def _timed_pass(self) -> None:
-        # A root span of its own (empty parent context): a pass is not part of whatever
-        # trace was current when the loop task was created.
-        with _TRACER.start_as_current_span(f"{self.name} pass", context=Context()) as span:
-            stats = await self._measured_pass()
-            if stats is None:
-                span.set_status(StatusCode.ERROR, "pass failed")
-            elif span.is_recording():
-                span.set_attributes({f"dfms.pass.{k}": v for k, v in stats.counters.items()})
-                span.set_attribute("dfms.pass.errors", stats.errors)
+        with pass_span(self.name) as span:
+            record_pass(span, await self._measured_pass())
 
     async def _measured_pass(self) -> PassStats | None:
         """One pass with its metrics and log line; None when it failed."""
@@ -273,7 +283,7 @@ async def run_service(service: Service, config: Config) -> int:
             await ops.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await _flush_traces(telemetry, log)
+        await flush_traces(telemetry, log)
     log.info("stopped")
     return 0
 
@@ -283,7 +293,7 @@ async def run_service(service: Service, config: Config) -> int:
 TRACE_FLUSH_S = 3.0
 
 
-async def _flush_traces(telemetry: Telemetry | None, log: logging.Logger) -> None:
+async def flush_traces(telemetry: Telemetry | None, log: logging.Logger) -> None:
     if telemetry is None:
         return
     try:

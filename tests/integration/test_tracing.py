@@ -11,6 +11,9 @@ fewer than n nodes, must give:
   upload emitted, in the upload's trace;
 * a later span of the replication manager consuming that event, linked to the publish.
 
+A pass run by hand (``dfms gc-worker --once``) is traced like the service's passes, and
+its spans are sent before the command exits.
+
 The suite's own cluster has no endpoint: there, nothing about exporting appears in the
 logs.
 """
@@ -21,6 +24,7 @@ import asyncio
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -78,7 +82,7 @@ class Collected:
         raise AssertionError(f"no {what} span within {timeout_s:.0f} s; seen: {names}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def collected() -> AsyncIterator[tuple[Collected, int]]:
     port = free_port()
     settings = OtelTapHttpProtobufReceiverSettings(http_port=port)
@@ -92,7 +96,7 @@ async def collected() -> AsyncIterator[tuple[Collected, int]]:
             await asyncio.gather(task, return_exceptions=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def traced_cluster(collected: tuple[Collected, int]) -> AsyncIterator[ClusterHandle]:
     """A cluster of its own whose services export every trace to the receiver."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DFMS_", "OTEL_"))}
@@ -191,6 +195,27 @@ async def test_one_upload_is_one_trace_across_services(
     assert (attrs(publish)["messaging.system"], attrs(publish)["messaging.operation"]) == (
         "kafka", "publish")
     assert any(link.span_id == publish.span_id for link in consumer.links)
+
+
+async def test_a_pass_run_by_hand_is_traced_and_flushed(
+        traced_cluster: ClusterHandle, collected: tuple[Collected, int]) -> None:
+    spans, port = collected
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DFMS_", "OTEL_"))}
+    env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_TRACES_SAMPLER": "parentbased_always_on"}  # the SDK's 5 s batch delay stays
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dfms", "--config", traced_cluster.info["config_path"],
+        "gc-worker", "--once", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
+    # Already exported when the command returned: the flush on exit sent it.
+    root = await spans.wait_for("manual GC pass", lambda s: (
+        s.name == "gc_worker pass" and attrs(s).get("dfms.pass.manual") is True), 2.0)
+    assert attrs(root)["dfms.pass.errors"] == 0
+    assert not root.parent_span_id
+    await spans.wait_for("PostgreSQL in the manual pass", lambda s: (
+        s.trace_id == root.trace_id and attrs(s).get("db.system") == "postgresql"), 2.0)
 
 
 async def test_no_endpoint_no_export_in_the_logs(cluster: ClusterHandle) -> None:

@@ -145,6 +145,8 @@ def test_a_service_command_runs_its_service_with_the_resolved_config(
 class _Runner:
     """Stands in for a PooledService: one pass with these counters, then close()."""
 
+    name = "gc_worker"
+
     def __init__(self, stats: PassStats | Exception) -> None:
         self.stats = stats
         self.closed = False
@@ -178,7 +180,7 @@ def test_one_pass_prints_its_counters_and_closes_the_runner(
         built.append(_Runner(PassStats({"b_swept": 3, "a_marked": 10}, errors)))
         return built[-1]
 
-    assert cli._one_pass(Config(), make, cli._run_once) == code
+    assert cli._one_pass(Config(), "gc_worker", make, cli._run_once) == code
     assert capsys.readouterr().out.split("\n") == [
         f"{'a_marked':<34} 10", f"{'b_swept':<34} 3", f"{'errors':<34} {errors}", ""]
     [runner] = built
@@ -190,7 +192,7 @@ def test_one_pass_closes_the_runner_when_the_pass_fails(
     monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: None)
     runner = _Runner(RuntimeError("pass failed"))
     with pytest.raises(RuntimeError, match="pass failed"):
-        cli._one_pass(Config(), lambda: runner, cli._run_once)
+        cli._one_pass(Config(), "gc_worker", lambda: runner, cli._run_once)
     assert runner.closed
 
 
