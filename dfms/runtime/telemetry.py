@@ -26,20 +26,25 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
+    SamplingResult,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 
 import dfms
 from dfms.config import OTLP_PROTOCOLS, SAMPLERS, TelemetryConfig
@@ -122,11 +127,36 @@ def resolve(cfg: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings:
         sampler_arg=_env_ratio(env, cfg.sampler_arg), environment=cfg.environment)
 
 
+class NoClientRoots(Sampler):
+    """``inner``, except that a CLIENT span with no parent starts no trace.
+
+    A query, a Redis call or an HTTP call to a node made outside any request or pass
+    (start-up, a background loop between passes) would be a trace of one span: noise in
+    the trace UI and export work for nothing. Requests, passes and consumed events are
+    the roots; client calls join their traces."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None,
+                      trace_state: TraceState | None = None) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if kind is SpanKind.CLIENT and not parent.is_valid:
+            return SamplingResult(Decision.DROP)
+        return self._inner.should_sample(parent_context, trace_id, name, kind, attributes,
+                                         links, trace_state)
+
+    def get_description(self) -> str:
+        return f"NoClientRoots{{{self._inner.get_description()}}}"
+
+
 def make_sampler(name: str, ratio: float) -> Sampler:
     parent = name.startswith("parentbased_")
     root = name.removeprefix("parentbased_")
-    sampler: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
-        root) or TraceIdRatioBased(ratio)
+    sampler: Sampler = NoClientRoots({"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
+        root) or TraceIdRatioBased(ratio))
     return ParentBased(sampler) if parent else sampler
 
 

@@ -26,8 +26,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+)
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 import dfms
@@ -135,7 +141,21 @@ def test_config_section_is_validated() -> None:
 def test_samplers() -> None:
     sampler = make_sampler("parentbased_traceidratio", 0.25)
     assert isinstance(sampler, ParentBased)
-    assert isinstance(make_sampler("traceidratio", 0.25), TraceIdRatioBased)
+    assert "TraceIdRatioBased{0.25}" in make_sampler("traceidratio", 0.25).get_description()
+
+
+@pytest.mark.parametrize("name", ["always_on", "parentbased_always_on"])
+def test_a_client_call_outside_any_trace_starts_none(name: str) -> None:
+    """A lone query or node call is not a trace; inside a sampled request it is kept."""
+    sampler = make_sampler(name, 1.0)
+    root = sampler.should_sample(None, 0xABC, "SELECT", SpanKind.CLIENT)
+    assert root.decision is Decision.DROP
+    assert sampler.should_sample(None, 0xABC, "GET /x", SpanKind.SERVER).decision is (
+        Decision.RECORD_AND_SAMPLE)
+    sampled = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
+    assert sampler.should_sample(sampled, 0xABC, "SELECT", SpanKind.CLIENT).decision is (
+        Decision.RECORD_AND_SAMPLE)
 
 
 def test_provider_resource_names_the_service() -> None:
