@@ -93,6 +93,8 @@ def prometheus_spec(base: Path, config: Path, port: int) -> ProcessSpec:
               f"--web.listen-address={LOOPBACK}:{port}",
               "--web.enable-lifecycle",  # POST /-/reload picks up new rule files
               "--enable-feature=exemplar-storage",  # latency buckets lead to traces
+              # k6 load runs stream their metrics here (docs/load.md), beside the cluster's
+              "--web.enable-remote-write-receiver",
               "--log.level=warn"])
 
 

@@ -64,6 +64,7 @@ def test_the_spec_listens_on_loopback_and_allows_reload(tmp_path: Path,
     assert "--web.listen-address=127.0.0.1:9999" in spec.argv
     assert "--web.enable-lifecycle" in spec.argv
     assert "--enable-feature=exemplar-storage" in spec.argv
+    assert "--web.enable-remote-write-receiver" in spec.argv
     assert f"--storage.tsdb.path={tmp_path / 'data'}" in spec.argv
 
 
