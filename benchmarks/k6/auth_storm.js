@@ -20,7 +20,7 @@ import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 import {
-  API, TREND_STATS, allowShedding, envFloat, envInt, envStr, perTag, retryAfterSeconds,
+  API, RUN_ID, TREND_STATS, allowShedding, envFloat, envInt, envStr, perTag, retryAfterSeconds,
   registerAccounts, session, shed, summaryHandler,
 } from './lib.js';
 
@@ -49,7 +49,7 @@ export const options = {
 };
 
 export function setup() {
-  return { accounts: registerAccounts(VUS) };
+  return { accounts: registerAccounts(VUS), runId: RUN_ID };
 }
 
 function backOff(res) {

@@ -26,7 +26,7 @@ import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import {
-  API, KIB, MIB, SEED, TREND_STATS, envFloat, envInt, envStr, freshSession, mixSeed, perTag,
+  API, KIB, MIB, RUN_ID, SEED, TREND_STATS, envFloat, envInt, envStr, freshSession, mixSeed, perTag,
   randomBytes, registerAccounts, session, summaryHandler, upload,
 } from './lib.js';
 
@@ -110,7 +110,7 @@ function adminSession() {
 
 export function setup() {
   const accounts = registerAccounts(USERS);
-  return { accounts, before: clusterBytesNow(adminSession()) };
+  return { accounts, runId: RUN_ID, before: clusterBytesNow(adminSession()) };
 }
 
 // The bytes of version `v` (0-based) of base file `b` as user `u` uploads it.

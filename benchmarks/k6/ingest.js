@@ -18,7 +18,7 @@
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 import {
-  MIB, SEED, TREND_STATS, between, downloadVerified, envFloat, envInt, envStr, fileUrl,
+  MIB, RUN_ID, SEED, TREND_STATS, between, downloadVerified, envFloat, envInt, envStr, fileUrl,
   mixSeed, multipartUpload, randomBytes, rangeVerified, registerAccounts, restamp, rng,
   session, summaryHandler, upload,
 } from './lib.js';
@@ -58,7 +58,7 @@ export function setup() {
   if (!MODES.every((m) => m === 'stream' || m === 'multipart')) {
     throw new Error(`MODE=${MODE}: expected both, stream or multipart`);
   }
-  return { accounts: registerAccounts(CONCURRENCY) };
+  return { accounts: registerAccounts(CONCURRENCY), runId: RUN_ID };
 }
 
 let body = null;

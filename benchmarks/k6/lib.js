@@ -15,7 +15,9 @@ export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+
 export const API = `${BASE_URL}/api/v1`;
 export const SEED = parseInt(__ENV.SEED || '1', 10);
 // Names (emails, file names) carry the run id so that runs never collide on a cluster
-// that keeps its data; set RUN_ID to make a run's names predictable.
+// that keeps its data; set RUN_ID to make a run's names predictable. Unset, it is made
+// from the clock when each VU's copy of this module loads, so it differs between VUs:
+// setup() returns its own as `runId` for whatever must agree across VUs.
 export const RUN_ID = __ENV.RUN_ID || `${Date.now().toString(36)}${(SEED >>> 0).toString(36)}`;
 export const KIB = 1024;
 export const MIB = 1024 * 1024;
@@ -92,7 +94,9 @@ export function mixSeed(...parts) {
 }
 
 const BLOCK = 4 * KIB;
-const POOL_BLOCKS = 64;
+// 16 blocks: building the pool costs each VU about 50 ms of k6's JavaScript engine,
+// which adds up when an arrival-rate scenario starts a hundred VUs mid-run.
+const POOL_BLOCKS = 16;
 let pool = null; // Uint8Array of POOL_BLOCKS blocks, built on first use (per VU)
 
 function blockPool() {
@@ -232,6 +236,7 @@ export class Session {
     this.refreshToken = account.refresh;
     this.expiresAt = account.expiresAt;
     this.lifetimeMs = account.lifetimeMs;
+    this.shared = false;
   }
 
   adopt(body) {
@@ -276,7 +281,9 @@ export class Session {
   ensureFresh() {
     if (!this.due()) return;
     tokenRenewals.add(1);
-    const res = this.refresh();
+    // A shared account's refresh token is another VU's too: rotating it would revoke
+    // the family for both, so such a session signs in anew instead.
+    const res = this.shared ? this.login() : this.refresh();
     if (res.status === 401) this.login();
   }
 
@@ -308,6 +315,19 @@ export function session(data) {
       ? data.accounts[i - 1]
       : registerAccount(10000 + i);
     mySession = new Session(account);
+  }
+  return mySession;
+}
+
+// This VU's session on one of a pool of accounts shared between VUs (for scenarios
+// with more VUs than it is worth registering accounts for): account
+// (VU - 1) mod pool size, and `index` says which.
+export function sharedSession(data) {
+  if (mySession === null) {
+    const index = (exec.vu.idInTest - 1) % data.accounts.length;
+    mySession = new Session(data.accounts[index]);
+    mySession.shared = true;
+    mySession.index = index;
   }
   return mySession;
 }
@@ -549,7 +569,7 @@ export function summaryHandler(scenario) {
     const path = __ENV.SUMMARY || `k6-summary-${scenario}.json`;
     return {
       [path]: JSON.stringify(data, null, 2),
-      stdout: textSummary(data, `${scenario} (${BASE_URL}, run ${RUN_ID}, seed ${SEED})`),
+      stdout: textSummary(data, `${scenario} (${BASE_URL}, run ${(data.setup_data && data.setup_data.runId) || RUN_ID}, seed ${SEED})`),
     };
   };
 }

@@ -62,7 +62,7 @@ export function setupAccountsWithFiles(users, perUser) {
     }
     return mine;
   });
-  return { accounts, files };
+  return { accounts, files, runId: RUN_ID };
 }
 
 export class Workload {

@@ -10,7 +10,7 @@
 import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 import {
-  API, KIB, MIB, SEED, TREND_STATS, between, call, downloadVerified, envInt,
+  API, KIB, RUN_ID, MIB, SEED, TREND_STATS, between, call, downloadVerified, envInt,
   envStr, fileUrl, json, mixSeed, multipartUpload, perTag, randomBytes, rangeVerified,
   registerAccounts, rng, session, summaryHandler, upload,
 } from './lib.js';
@@ -57,7 +57,7 @@ export const options = {
 };
 
 export function setup() {
-  return { accounts: registerAccounts(VUS) };
+  return { accounts: registerAccounts(VUS), runId: RUN_ID };
 }
 
 let lastAuth = 0;
