@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from aiohttp.typedefs import Handler
 from aiokafka.errors import KafkaTimeoutError
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -51,6 +52,7 @@ from dfms.runtime.telemetry import (
     make_provider,
     make_sampler,
     resolve,
+    sampled_only_asyncpg,
     setup_tracing,
     trace_exemplar,
 )
@@ -413,3 +415,42 @@ def test_exporter_follows_the_protocol(protocol: str) -> None:
         assert ("grpc" in type(exporter).__module__) == (protocol == "grpc")
     finally:
         exporter.shutdown()
+
+
+async def test_queries_outside_a_recorded_span_skip_the_instrumentation() -> None:
+    """The asyncpg instrumentation builds a span's attributes before the sampler speaks;
+    where the span could not be kept, it is not run at all (bench_tracing.py)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = sampled_only_asyncpg()
+    instrumentor.instrument(tracer_provider=provider)
+    instrumentor.uninstrument()  # its settings stay; asyncpg is left as it was
+    tracer, started = instrumentor._tracer, []
+
+    class CountingTracer:
+        def start_as_current_span(self, name: str, **kwargs: Any) -> Any:
+            started.append(name)
+            return tracer.start_as_current_span(name, **kwargs)
+
+    instrumentor._tracer = CountingTracer()
+    conn = SimpleNamespace(_params=SimpleNamespace(database="dfms", user="dfms"),
+                           _addr=("127.0.0.1", 5432))
+    calls: list[str] = []
+
+    async def fetch(query: str) -> str:
+        calls.append(query)
+        return "rows"
+
+    unsampled = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(0))))
+    token = otel_context.attach(unsampled)
+    try:
+        assert await instrumentor._do_execute(fetch, conn, ("SELECT 1",), {}) == "rows"
+    finally:
+        otel_context.detach(token)
+    assert exporter.get_finished_spans() == () and started == []  # not even a dropped span
+    with provider.get_tracer("test").start_as_current_span("request"):
+        assert await instrumentor._do_execute(fetch, conn, ("SELECT 2",), {}) == "rows"
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names == ["SELECT", "request"] and calls == ["SELECT 1", "SELECT 2"]
