@@ -92,7 +92,8 @@ load:
 	@urls=$$($(BIN)/python benchmarks/k6/cluster_urls.py $(DATA_DIR)) || exit 1; \
 	set -- $$urls; \
 	echo "make load: $(PROFILE) against $$1"; \
-	$(BIN)/k6 run -e BASE_URL=$$1 -e METRICS_URL=$${2:-} $(K6ARGS) benchmarks/k6/$(PROFILE).js
+	$(BIN)/k6 run --no-usage-report -e BASE_URL=$$1 -e METRICS_URL=$${2:-} $(K6ARGS) \
+		benchmarks/k6/$(PROFILE).js
 
 ## Regenerate the generated docs: the sample config and the README's config table.
 docs: install
