@@ -38,9 +38,14 @@ async def create_pool(cfg: PostgresConfig) -> asyncpg.Pool:
 
 # PostgreSQL's own "not now" answers: the connection failed or broke (class 08), the
 # server is shutting down, starting up or cancelled the statement (57), or it is out of
-# connections or memory (53).
+# connections or memory (53). And asyncpg's protocol out of step: a server that dies
+# sends FATAL to its idle connections, which asyncpg takes as a protocol error, so the
+# next statement on such a pooled connection, before the socket's close is seen, fails
+# with "another operation (2) is in progress". Nothing a request sends causes it; a
+# retry gets a fresh connection (the pool terminates one whose reset fails).
 _OUTAGE_TYPES = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-                 asyncpg.exceptions.InsufficientResourcesError)
+                 asyncpg.exceptions.InsufficientResourcesError,
+                 asyncpg.exceptions.InternalClientError)
 # Errors that mean an outage only when asyncpg raised them (a refused or reset socket, a
 # command_timeout); elsewhere they may be anything.
 _OUTAGE_IF_FROM_ASYNCPG = (OSError, TimeoutError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,7 +94,50 @@ def test_an_error_raised_while_handling_a_broken_connection_is_an_outage() -> No
     except asyncpg.exceptions.InternalClientError as exc:
         assert exc.__cause__ is None and exc.__context__ is not None
         assert isinstance(metadata_outage(exc), deps.MetadataUnavailable)
-    assert metadata_outage(asyncpg.exceptions.InternalClientError(state)) is None
+
+
+def _pg_message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+async def _dying_postgres(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Speak PostgreSQL's start-up, then do what a dying server does to an idle
+    connection: send FATAL. The socket stays open until the client closes it, as it
+    does for a moment when PostgreSQL is killed."""
+    (length,) = struct.unpack("!I", await reader.readexactly(4))
+    await reader.readexactly(length - 4)
+    hello = _pg_message(b"R", struct.pack("!I", 0))  # authentication ok
+    for key, value in ((b"server_version", b"18.0"), (b"client_encoding", b"UTF8")):
+        hello += _pg_message(b"S", key + b"\0" + value + b"\0")
+    writer.write(hello + _pg_message(b"K", struct.pack("!II", 1, 2)) + _pg_message(b"Z", b"I"))
+    writer.write(_pg_message(b"E", b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due "
+                                   b"to unexpected postmaster exit\0\0"))
+    await writer.drain()
+    while await reader.read(65536):
+        pass
+    writer.close()
+
+
+async def test_a_statement_on_a_connection_the_server_is_killing_is_an_outage() -> None:
+    """The CI's red run: PostgreSQL SIGKILLed, an idle pooled connection got the FATAL
+    first, and the next statement on it failed with a bare InternalClientError (no
+    cause): that upload answered 500 instead of 503 metadata_unavailable."""
+    server = await asyncio.start_server(_dying_postgres, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    con = await asyncpg.connect(host="127.0.0.1", port=port, user="u", database="d",
+                                ssl=False, timeout=5)
+    try:
+        await asyncio.sleep(0.2)  # the FATAL arrives while the connection is idle
+        with pytest.raises(asyncpg.exceptions.InternalClientError) as raised:
+            await con.fetchrow("SELECT 1")
+        assert raised.value.__context__ is None and raised.value.__cause__ is None
+        assert isinstance(metadata_outage(raised.value), deps.MetadataUnavailable)
+        answer = api_error(raised.value)
+        assert (answer.status, answer.code) == (503, "metadata_unavailable")
+    finally:
+        con.terminate()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_the_gateway_answers_a_refused_database_with_503_metadata_unavailable() -> None:
