@@ -162,6 +162,21 @@ class GatewayConfig:
                                      "for this long is aborted (no total time limit)", lo=1.0)
     keepalive_timeout_s: float = opt(75.0, "idle keep-alive connections are closed after",
                                      lo=1.0)
+    # Load shedding (dfms/gateway/shedding.py). The 2-core reference machine serves
+    # about 140 small transfers/s when saturated (overload.js): 64 at once is under half
+    # a second of work, and still lets 16 ingest uploads send 4 parts each in parallel.
+    max_in_flight_requests: int = opt(64, "API calls other than transfers served at once; "
+                                      "past it (and the wait queue) 503 overloaded; 0 = no "
+                                      "limit", lo=0, hi=100_000)
+    max_in_flight_transfers: int = opt(64, "uploads, multipart parts and downloads (share "
+                                       "links too) served at once, a limit apart from other "
+                                       "calls so neither starves the other; 0 = no limit",
+                                       lo=0, hi=100_000)
+    shed_queue_size: int = opt(32, "requests of each class that may wait for a slot when its "
+                               "limit is reached; more are refused at once", lo=0, hi=100_000)
+    shed_max_wait_s: float = opt(0.5, "longest a request waits for a slot before its 503 "
+                                 "overloaded", lo=0.0, hi=60.0)
+    shed_retry_after_s: int = opt(1, "Retry-After of a 503 overloaded", lo=1, hi=3600)
     page_size_default: int = opt(50, "items per listing page unless the client asks", lo=1,
                                  hi=1000)
     page_size_max: int = opt(500, "most items per listing page", lo=1, hi=10000)

@@ -94,6 +94,9 @@ export const options = {
     'shed_answers{phase:recovered}': ['count>=0'],
     'dropped_iterations{scenario:push}': ['count>=0'],
     'http_req_duration{phase:push}': ['p(95)>=0'],
+    // ... split into what was served (whole downloads, 200) and what was shed (503).
+    'http_req_duration{phase:push,status:200}': ['p(95)>=0'],
+    'http_req_duration{phase:push,status:503}': ['p(95)>=0'],
   },
 };
 

@@ -30,6 +30,7 @@ from dfms.gateway import (
     routes_storage,
     routes_trash,
     routes_versions,
+    shedding,
     tracing,
 )
 from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY, PG_KEY, REDIS_KEY, TOKENS_KEY
@@ -78,7 +79,7 @@ def _tracing_middlewares() -> list[tracing.Middleware]:
 def build_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[*_tracing_middlewares(), request_id_middleware, error_middleware,
-                     *ratelimit.middlewares()],
+                     shedding.shedding_middleware, *ratelimit.middlewares()],
         client_max_size=config.gateway.max_json_bytes)
     app[CONFIG_KEY] = config
     app.on_response_prepare.append(add_request_id)
@@ -86,6 +87,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_postgres_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_chunks_ctx)
+    shedding.setup(app)
     ratelimit.setup(app)
     for module in ROUTE_MODULES:
         module.setup_routes(app)

@@ -18,7 +18,7 @@ from dfms import errors as deps
 from dfms.auth import errors as auth
 from dfms.auth.tokens import InvalidToken
 from dfms.chunkservice import errors as chunks
-from dfms.gateway.errors import ApiError, IncompleteBody
+from dfms.gateway.errors import ApiError, IncompleteBody, Overloaded
 from dfms.metadata import errors as meta
 from dfms.metadata.db import metadata_outage
 from dfms.nodes import InvalidNode
@@ -39,8 +39,11 @@ class HttpAnswer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def error(self, exc: BaseException) -> ApiError:
+        headers = dict(self.headers)
+        if isinstance(exc, Overloaded):  # its wait is a setting (gateway.shed_retry_after_s)
+            headers["Retry-After"] = str(exc.retry_after_s)
         return ApiError(self.status, self.code,
-                        str(exc) if self.message is None else self.message, self.headers)
+                        str(exc) if self.message is None else self.message, headers)
 
 
 INTERNAL = HttpAnswer(500, "internal_error", "the server failed to handle this request")
@@ -87,6 +90,8 @@ ANSWERS: Mapping[type[BaseException], HttpAnswer] = MappingProxyType({
     chunks.QuorumNotReached: HttpAnswer(
         503, "storage_unavailable", "not enough storage nodes accepted the data; "
         "try again later", _RETRY),
+    # the gateway itself at capacity (dfms.gateway.shedding): 503 before any work
+    Overloaded: HttpAnswer(503, "overloaded", None, _RETRY_SOON),
     # dependency outages: 503, a code naming what is down, never an address or a secret
     deps.DependencyUnavailable: HttpAnswer(
         503, "service_unavailable", "a service DFMS depends on is unavailable; try again "

@@ -16,6 +16,18 @@ class IncompleteBody(DfmsError):
     """The request body broke off or stalled; the upload must not be committed."""
 
 
+class Overloaded(DfmsError):
+    """The gateway serves as many requests of this class as it is configured to
+    (``dfms.gateway.shedding``). Refused before any work was done, so the same
+    request may be sent again as it is, after ``retry_after_s``."""
+
+    def __init__(self, route_class: str, retry_after_s: int) -> None:
+        self.route_class = route_class
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the gateway is serving all the {route_class} it can at once; "
+                         f"retry after {retry_after_s} s")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str,
                  headers: Mapping[str, str] | None = None) -> None:
