@@ -16,7 +16,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from dfms.chunker import Chunker, make_chunker_from
-from dfms.chunkservice.errors import ChunkServiceError, InvalidRequest, ManifestNotFound
+from dfms.chunkservice.errors import ChunkServiceError, InvalidRequest
 from dfms.chunkservice.limits import GRPC_MESSAGE_LIMIT_BYTES
 from dfms.chunkservice.pipeline import (
     ChunkEntry,
@@ -27,6 +27,7 @@ from dfms.chunkservice.pipeline import (
     stream_range,
 )
 from dfms.chunkservice.placement import Placement
+from dfms.chunkservice.reader import DOWNLOAD_BYTES, load_manifest
 from dfms.chunkservice.status import ERROR_TYPE_KEY, status_for
 from dfms.chunkservice.store import ChunkStore
 from dfms.chunkservice.writepath import write_path
@@ -48,7 +49,6 @@ RPC_SECONDS = Histogram("dfms_chunk_rpc_seconds", "Chunk-service RPC duration", 
 RPC_ERRORS = Counter("dfms_chunk_rpc_errors_total", "Chunk-service RPC failures",
                      ["rpc", "code"])
 UPLOAD_BYTES = Counter("dfms_chunk_upload_bytes_total", "Bytes received by Upload")
-DOWNLOAD_BYTES = Counter("dfms_chunk_download_bytes_total", "Bytes sent by Download")
 
 # The queries of Stat.
 _LIVE_TOTALS = ("SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM chunks "
@@ -165,17 +165,7 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
             return _entries(request.chunks.chunks)
         if source != "manifest_id":
             raise InvalidRequest("Download needs a manifest_id or a chunk list")
-        try:
-            manifest_id = uuid.UUID(request.manifest_id)
-        except ValueError as exc:
-            raise InvalidRequest(f"bad manifest id {request.manifest_id!r}") from exc
-        rows = await self._pool.fetch(
-            'SELECT chunk_sha256, "offset", size FROM manifest_entries '
-            "WHERE manifest_id = $1 ORDER BY idx", manifest_id)
-        if not rows and not await self._pool.fetchval(
-                "SELECT 1 FROM manifests WHERE id = $1", manifest_id):
-            raise ManifestNotFound(f"no manifest {manifest_id}")
-        return [ChunkEntry(bytes(r["chunk_sha256"]), r["offset"], r["size"]) for r in rows]
+        return await load_manifest(self._pool, request.manifest_id)
 
     @unary("HasChunks")
     async def HasChunks(self, request: pb.HasChunksRequest,

@@ -142,7 +142,7 @@ def _read_done(data: bytes, node: str, failures: list[str]) -> bytes:
 class ChunkStore:
     def __init__(self, pool: asyncpg.Pool, placement: Placement, *, replicas_n: int,
                  write_quorum_w: int, straggler_timeout_s: float,
-                 suspect_after: int = 0) -> None:
+                 suspect_after: int = 0, source: str = "chunk-service") -> None:
         self._pool = pool
         self._placement = placement
         self.n = replicas_n
@@ -150,7 +150,8 @@ class ChunkStore:
         self._straggler_s = straggler_timeout_s
         # Counts failed replica requests per node (in memory), logs them rate-limited and
         # marks a healthy node suspect after ``suspect_after`` in a row (0 = never).
-        self.node_failures = PassiveHealth(pool, "chunk-service", suspect_after)
+        # ``source``: the process these requests come from, as node-health records name it.
+        self.node_failures = PassiveHealth(pool, source, suspect_after)
 
     # -- write -------------------------------------------------------------------
 

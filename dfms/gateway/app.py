@@ -14,6 +14,7 @@ from aiohttp import web
 
 from dfms.auth.tokens import TokenService
 from dfms.chunkservice.client import ChunkClient
+from dfms.chunkservice.reader import open_reader
 from dfms.config import Config
 from dfms.gateway import (
     ratelimit,
@@ -33,7 +34,14 @@ from dfms.gateway import (
     shedding,
     tracing,
 )
-from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY, PG_KEY, REDIS_KEY, TOKENS_KEY
+from dfms.gateway.context import (
+    CHUNKS_KEY,
+    CONFIG_KEY,
+    PG_KEY,
+    READER_KEY,
+    REDIS_KEY,
+    TOKENS_KEY,
+)
 from dfms.gateway.middleware import add_request_id, error_middleware, request_id_middleware
 from dfms.gateway.protocol import GatewayRunner
 from dfms.metadata.db import create_pool
@@ -71,6 +79,12 @@ async def _chunks_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_reader(app[CONFIG_KEY], app[PG_KEY], source="gateway") as reader:
+        app[READER_KEY] = reader
+        yield
+
+
 def _tracing_middlewares() -> list[tracing.Middleware]:
     """Only where tracing is on: without it no request pays for a span lookup."""
     return [tracing.redact_secrets] if tracing_active() else []
@@ -87,6 +101,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_postgres_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_chunks_ctx)
+    app.cleanup_ctx.append(_reader_ctx)  # after the pool it reads the ring with
     shedding.setup(app)
     ratelimit.setup(app)
     for module in ROUTE_MODULES:

@@ -10,12 +10,14 @@ from aiohttp import web
 
 from dfms.auth.tokens import TokenService
 from dfms.chunkservice.client import ChunkClient
+from dfms.chunkservice.reader import ChunkReader
 from dfms.config import Config
 
 CONFIG_KEY = web.AppKey("config", Config)
 PG_KEY = web.AppKey("pg", asyncpg.Pool)
 REDIS_KEY = web.AppKey("redis", aioredis.Redis)
-CHUNKS_KEY = web.AppKey("chunks", ChunkClient)
+CHUNKS_KEY = web.AppKey("chunks", ChunkClient)  # writes, and what needs the chunk service
+READER_KEY = web.AppKey("reader", ChunkReader)  # downloads, straight from the nodes
 TOKENS_KEY = web.AppKey("tokens", TokenService)
 
 API_PREFIX = "/api/v1"

@@ -16,7 +16,7 @@ from aiohttp import web
 from dfms.chunkservice.errors import ChunkServiceError, ChunkUnavailable
 from dfms.errors import DependencyUnavailable
 from dfms.gateway import ranges
-from dfms.gateway.context import CHUNKS_KEY, CONFIG_KEY
+from dfms.gateway.context import CONFIG_KEY, READER_KEY
 from dfms.gateway.error_table import api_error
 from dfms.gateway.errors import ApiError
 from dfms.metadata import namespace as ns
@@ -100,7 +100,7 @@ async def _first_piece(request: web.Request, row: ns.FileRow, part: tuple[int, i
     """The first part's stream and its first piece, read before the headers go out, so
     a missing manifest or an unreadable first chunk is still a proper error response."""
     start, length, _ = part
-    first = request.app[CHUNKS_KEY].download(manifest_id=str(row.manifest_id), offset=start,
+    first = request.app[READER_KEY].download(manifest_id=str(row.manifest_id), offset=start,
                                              length=length)
     try:
         return first, await anext(first, b"")
@@ -116,7 +116,7 @@ async def _first_piece(request: web.Request, row: ns.FileRow, part: tuple[int, i
 async def _write_parts(request: web.Request, resp: web.StreamResponse, row: ns.FileRow,
                        first: AsyncGenerator[bytes, None], head_piece: bytes,
                        parts: list[tuple[int, int, bytes]], trailer: bytes) -> None:
-    chunks = request.app[CHUNKS_KEY]
+    chunks = request.app[READER_KEY]
     idle_s = request.app[CONFIG_KEY].gateway.body_idle_timeout_s
     async with contextlib.aclosing(first):
         await _write(resp, parts[0][2], idle_s)
