@@ -66,24 +66,35 @@ SWEEP_WAIT_MAX_S = 60.0
 REPLICA_WRITE = "replica write"
 REPLICA_READ = "replica read"
 
-# The dedup check: a live or condemned chunk still has its bytes.
+# The dedup check in one round trip: a live or condemned chunk still has its bytes
+# and is touched (made live, its grace period restarted). The row's state is read
+# from the statement's snapshot, before the touch: live or condemned is a hit,
+# sweeping means wait, none means new.
 _TOUCH = f"""
-UPDATE chunks SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
-WHERE sha256 = $1 AND state IN ('{ChunkState.LIVE}', '{ChunkState.CONDEMNED}') RETURNING size
+WITH touched AS (
+    UPDATE chunks SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
+    WHERE sha256 = $1 AND state IN ('{ChunkState.LIVE}', '{ChunkState.CONDEMNED}')
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM touched) AS hit, (SELECT state FROM chunks WHERE sha256 = $1)
 """
-_STATE = "SELECT state FROM chunks WHERE sha256 = $1"
-# Never turns a sweeping row live: then nothing is returned and the write waits.
-_UPSERT_CHUNK = f"""
-INSERT INTO chunks (sha256, size) VALUES ($1, $2)
-ON CONFLICT (sha256) DO UPDATE
-SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
-WHERE chunks.state <> '{ChunkState.SWEEPING}'
-RETURNING 1
-"""
-_UPSERT_REPLICAS = f"""
-INSERT INTO chunk_replicas (chunk_sha256, node_id)
-SELECT $1, node FROM unnest($2::text[]) AS node
-ON CONFLICT (chunk_sha256, node_id) DO UPDATE SET state = '{ReplicaState.OK}', written_at = now()
+# The chunk and its replicas recorded in one statement (one round trip, atomic). Never
+# turns a sweeping row live: then no replica is recorded, the count is 0 and the
+# write waits.
+_RECORD = f"""
+WITH chunk AS (
+    INSERT INTO chunks (sha256, size) VALUES ($1, $2)
+    ON CONFLICT (sha256) DO UPDATE
+    SET state = '{ChunkState.LIVE}', condemned_at = NULL, last_ref_at = now()
+    WHERE chunks.state <> '{ChunkState.SWEEPING}'
+    RETURNING sha256
+), replicas AS (
+    INSERT INTO chunk_replicas (chunk_sha256, node_id)
+    SELECT chunk.sha256, node FROM chunk, unnest($3::text[]) AS node
+    ON CONFLICT (chunk_sha256, node_id) DO UPDATE
+    SET state = '{ReplicaState.OK}', written_at = now()
+)
+SELECT count(*) FROM chunk
 """
 _ENQUEUE_REPAIR = """
 INSERT INTO repair_queue (chunk_sha256, node_id, reason) VALUES ($1, $2, $3)
@@ -168,11 +179,12 @@ class ChunkStore:
     async def _put(self, digest: bytes, data: bytes) -> StoreOutcome:
         sweep = _SweepWait(digest)
         while True:
-            if await self._dedup_hit(digest):
+            hit, state = await self._dedup_check(digest)
+            if hit:
                 CHUNK_WRITES.labels("dedup").inc()
                 CHUNK_WRITE_BYTES.labels("dedup").inc(len(data))
                 return StoreOutcome(new=False, replicas=0)
-            if await self._pool.fetchval(_STATE, digest) == ChunkState.SWEEPING:
+            if state == ChunkState.SWEEPING:
                 await sweep.wait()  # its bytes are being deleted: store them once it is gone
                 continue
             acks = await self._store_new(digest, data)
@@ -183,8 +195,11 @@ class ChunkStore:
             # Claimed by a sweeper since the check: what we wrote may be deleted too.
             await sweep.wait()
 
-    async def _dedup_hit(self, digest: bytes) -> bool:
-        return await self._pool.fetchval(_TOUCH, digest) is not None
+    async def _dedup_check(self, digest: bytes) -> tuple[bool, str | None]:
+        """(a dedup hit, the row's state before the check; None: no row)."""
+        row = await self._pool.fetchrow(_TOUCH, digest)
+        assert row is not None  # a SELECT without FROM gives one row
+        return bool(row["hit"]), row["state"]
 
     async def _store_new(self, digest: bytes, data: bytes) -> list[str]:
         """Write the replicas; the nodes that acknowledged (at least w)."""
@@ -245,15 +260,15 @@ class ChunkStore:
 
     async def _record(self, digest: bytes, size: int, nodes: list[str]) -> bool:
         """Record the chunk live with its replicas; False if a sweeper holds its row."""
+        if len(nodes) >= self.n:  # the common case: one statement, no transaction
+            return bool(await self._pool.fetchval(_RECORD, digest, size, nodes))
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(_UPSERT_CHUNK, digest, size) is None:
+            if not await conn.fetchval(_RECORD, digest, size, nodes):
                 return False
-            await conn.execute(_UPSERT_REPLICAS, digest, nodes)
-            if len(nodes) < self.n:
-                await conn.execute(_ENQUEUE_REPAIR, digest, None, "under_replicated")
-                await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), CHUNK_UNDER_REPLICATED, {
-                    "chunk": digest.hex(), "replicas": len(nodes), "wanted": self.n,
-                    "nodes": nodes})
+            await conn.execute(_ENQUEUE_REPAIR, digest, None, "under_replicated")
+            await outbox.emit(conn, CHUNKS_TOPIC, digest.hex(), CHUNK_UNDER_REPLICATED, {
+                "chunk": digest.hex(), "replicas": len(nodes), "wanted": self.n,
+                "nodes": nodes})
         return True
 
     # -- read ---------------------------------------------------------------------
