@@ -242,6 +242,14 @@ class LifecycleConfig:
                                    hi=100000)
     multipart_expiry_s: int = opt(86400, "an unfinished multipart upload expires after",
                                   lo=60)
+    # Chunk-level uploads (dfms/gateway/routes_chunks.py).
+    upload_session_expiry_s: int = opt(86400, "an upload session of the chunk-level API "
+                                       "expires after; until then GC keeps the chunks sent "
+                                       "in it", lo=60)
+    chunks_missing_max: int = opt(10000, "most chunk hashes one POST /api/v1/chunks/missing "
+                                  "may ask about", lo=1, hi=1_000_000)
+    commit_max_chunks: int = opt(100000, "most chunks in the manifest of one POST "
+                                 "/api/v1/files/commit", lo=1, hi=10_000_000)
 
 
 @dataclass(frozen=True, slots=True)

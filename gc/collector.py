@@ -12,9 +12,9 @@ chunks, manifests or objects.
    purged file, a pruned version or a replaced part leaves its manifest here.
 
 2. **Mark.** A live chunk with ``last_ref_at`` older than the grace period that
-   no manifest entry references becomes ``condemned`` (``condemned_at = now()``).
-   Its bytes stay: a write of the same content is a dedup hit that flips it back
-   to live (``ChunkStore.put``).
+   no manifest entry and no upload session references becomes ``condemned``
+   (``condemned_at = now()``). Its bytes stay: a write of the same content is a
+   dedup hit that flips it back to live (``ChunkStore.put``).
 
 3. **Sweep.** A chunk condemned for longer than the grace period and still
    referenced by nothing is claimed in a short transaction: locked with
@@ -119,7 +119,12 @@ SELECT (SELECT count(*) FROM gone) AS n, (SELECT id FROM doomed ORDER BY id DESC
 
 # -- mark --------------------------------------------------------------------------------
 
-_UNREFERENCED = "NOT EXISTS (SELECT 1 FROM manifest_entries e WHERE e.chunk_sha256 = c.sha256)"
+# A reference is a manifest entry (a file version, a multipart part) or the chunk's
+# row in an upload session (chunk-level uploads; the lifecycle pass deletes expired
+# sessions first). Parenthesised: _RESCUE negates it.
+_UNREFERENCED = ("(NOT EXISTS (SELECT 1 FROM manifest_entries e WHERE e.chunk_sha256 = c.sha256)"
+                 " AND NOT EXISTS (SELECT 1 FROM upload_session_chunks s"
+                 " WHERE s.chunk_sha256 = c.sha256))")
 _MARK = f"""
 WITH candidates AS (
     SELECT c.sha256 FROM chunks c

@@ -3,9 +3,9 @@
 A pass, under the PostgreSQL advisory lock ``GC_LOCK_KEY`` (a second collector
 finds it taken and skips its pass):
 
-1. the file lifecycle: stale multipart uploads expire, trash past its retention
-   is purged, versions past retention are pruned. What those rows referenced
-   (manifests, then chunks) becomes unreferenced;
+1. the file lifecycle: stale multipart uploads and upload sessions expire, trash
+   past its retention is purged, versions past retention are pruned. What those
+   rows referenced (manifests, then chunks) becomes unreferenced;
 2. the chunk collection (``dfms.gc.collector``, where the protocol and its one
    assumption are written down): orphan manifests are deleted, unreferenced
    chunks condemned, chunks condemned for a grace period swept from every node,
@@ -28,7 +28,7 @@ from dfms.gc.collector import CHUNK_COUNTERS, ChunkCollector
 from dfms.gc.nodes import NodeSet
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import multipart as mp
-from dfms.metadata import trash
+from dfms.metadata import trash, upload_sessions
 from dfms.metadata.db import Connection
 from dfms.runtime.pooled import PooledService
 from dfms.runtime.service import PassStats
@@ -44,8 +44,8 @@ LAST_SUCCESS = Gauge("dfms_gc_last_success_timestamp_seconds",
 # The pass counters that are reclaimed bytes, by the label they get.
 RECLAIMED_COUNTERS = {"chunks": "bytes_swept", "orphans": "orphan_bytes_deleted"}
 # Every pass reports all of these (0 when there was nothing to do).
-LIFECYCLE_COUNTERS = ("multipart_expired", "trash_items_purged", "trash_files_purged",
-                      "versions_pruned")
+LIFECYCLE_COUNTERS = ("multipart_expired", "upload_sessions_expired", "trash_items_purged",
+                      "trash_files_purged", "versions_pruned")
 
 
 def record_pass(stats: PassStats, now: float | None = None) -> None:
@@ -143,6 +143,7 @@ class GcWorker(PooledService):
         cfg = self.config.lifecycle
         async with conn.transaction():
             stats.add("multipart_expired", await mp.expire_stale(conn))
+            stats.add("upload_sessions_expired", await upload_sessions.expire_stale(conn))
         await self._purge_trash(conn, stats)
         async with conn.transaction():
             stats.add("versions_pruned", await lc.prune_versions(conn, cfg))

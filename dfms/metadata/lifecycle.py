@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from dfms.config import LifecycleConfig
+from dfms.metadata import upload_sessions
 from dfms.metadata.db import Connection
 from dfms.metadata.records import from_record
 
@@ -23,9 +24,10 @@ async def lock_user(conn: Connection, owner: uuid.UUID) -> None:
 
 async def used_bytes(conn: Conn, owner: uuid.UUID) -> int:
     """Logical bytes: every version of every file, trashed ones included, plus the
-    parts of open multipart uploads."""
+    parts of open multipart uploads and the chunks sent in open upload sessions and
+    not committed yet (``dfms.metadata.upload_sessions``)."""
     return int(await conn.fetchval(
-        """
+        f"""
         SELECT coalesce((SELECT sum(m.size) FROM files f
                          JOIN file_versions v ON v.file_id = f.id
                          JOIN manifests m ON m.id = v.manifest_id
@@ -33,7 +35,14 @@ async def used_bytes(conn: Conn, owner: uuid.UUID) -> int:
              + coalesce((SELECT sum(p.size) FROM multipart_parts p
                          JOIN multipart_uploads u ON u.id = p.upload_id
                          WHERE u.owner_id = $1 AND u.state = 'open'), 0)
+             + ({upload_sessions.PENDING_BYTES})
         """, owner))
+
+
+async def over_quota(conn: Conn, owner: uuid.UUID, cfg: LifecycleConfig) -> int | None:
+    """The owner's quota when their usage exceeds it now, else None."""
+    quota = await quota_bytes(conn, owner, cfg)
+    return quota if quota is not None and await used_bytes(conn, owner) > quota else None
 
 
 async def quota_bytes(conn: Conn, owner: uuid.UUID, cfg: LifecycleConfig) -> int | None:
