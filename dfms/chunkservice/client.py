@@ -206,6 +206,24 @@ class ChunkClient:
             raise _translate(err) from err
         return list(resp.present)
 
+    async def put_chunk(self, digest: bytes, data: bytes) -> bool:
+        """Store one chunk the caller cut; True when it was new (False: a dedup hit).
+        The chunk service checks the hash (``DigestMismatch``) and the chunker's size
+        bounds (``ChunkTooLarge``) before storing anything."""
+        try:
+            with _client_span("PutChunk"):
+                resp = await self._stub.PutChunk(pb.PutChunkRequest(sha256=digest, data=data),
+                                                 wait_for_ready=True,
+                                                 timeout=self._put_chunk_timeout_s(len(data)),
+                                                 metadata=_trace_metadata())
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err
+        return bool(resp.new)
+
+    def _put_chunk_timeout_s(self, size: int) -> float:
+        # Connecting, then n replica writes (at least 1 MiB/s each) and a straggler wait.
+        return self._connect_timeout_s + 30.0 + size / (1024 * 1024)
+
     async def stat(self) -> pb.StatResponse:
         try:
             resp: pb.StatResponse = await self._stub.Stat(pb.StatRequest(),

@@ -32,6 +32,15 @@ class ChecksumMismatch(ChunkServiceError):
     """The stream's SHA-256 is not the one the caller announced."""
 
 
+class DigestMismatch(ChunkServiceError):
+    """A chunk sent under a SHA-256 (``PutChunk``) does not hash to it: nothing stored."""
+
+
+class ChunkTooLarge(ChunkServiceError):
+    """A chunk sent on its own (``PutChunk``) is empty or larger than the configured
+    chunker's ``max_size_bytes``: nothing stored."""
+
+
 class InvalidRequest(ChunkServiceError):
     """The request is malformed (bad context, range, manifest)."""
 

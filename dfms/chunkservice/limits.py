@@ -6,4 +6,6 @@ does not import the server, its PostgreSQL pool code and its Prometheus metrics.
 
 from __future__ import annotations
 
-GRPC_MESSAGE_LIMIT_BYTES = 16 * 1024 * 1024  # 16 MiB: frames are at most a few MiB
+# Frames are at most a few MiB; a PutChunk carries a whole chunk, up to the chunker's
+# largest max_size_bytes (16 MiB), plus its SHA-256 and the message's framing.
+GRPC_MESSAGE_LIMIT_BYTES = 17 * 1024 * 1024

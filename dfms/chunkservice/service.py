@@ -16,7 +16,12 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from dfms.chunker import Chunker, make_chunker_from
-from dfms.chunkservice.errors import ChunkServiceError, InvalidRequest
+from dfms.chunkservice.errors import (
+    ChunkServiceError,
+    ChunkTooLarge,
+    DigestMismatch,
+    InvalidRequest,
+)
 from dfms.chunkservice.limits import GRPC_MESSAGE_LIMIT_BYTES
 from dfms.chunkservice.pipeline import (
     ChunkEntry,
@@ -29,7 +34,7 @@ from dfms.chunkservice.pipeline import (
 from dfms.chunkservice.placement import Placement
 from dfms.chunkservice.reader import DOWNLOAD_BYTES, load_manifest
 from dfms.chunkservice.status import ERROR_TYPE_KEY, status_for
-from dfms.chunkservice.store import ChunkStore
+from dfms.chunkservice.store import ChunkStore, sha256_of
 from dfms.chunkservice.writepath import write_path
 from dfms.config import Config, chunker_params
 from dfms.errors import DependencyUnavailable, StorageUnavailable
@@ -49,6 +54,8 @@ RPC_SECONDS = Histogram("dfms_chunk_rpc_seconds", "Chunk-service RPC duration", 
 RPC_ERRORS = Counter("dfms_chunk_rpc_errors_total", "Chunk-service RPC failures",
                      ["rpc", "code"])
 UPLOAD_BYTES = Counter("dfms_chunk_upload_bytes_total", "Bytes received by Upload")
+PUT_CHUNK_BYTES = Counter("dfms_chunk_put_chunk_bytes_total",
+                          "Bytes received by PutChunk (chunks cut by clients)")
 
 # The queries of Stat.
 _LIVE_TOTALS = ("SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM chunks "
@@ -141,6 +148,24 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
             new_chunks=summary.new_chunks, dedup_chunks=summary.dedup_chunks,
             new_bytes=summary.new_bytes, dedup_bytes=summary.dedup_bytes,
             under_replicated_chunks=summary.under_replicated_chunks)
+
+    @unary("PutChunk")
+    async def PutChunk(self, request: pb.PutChunkRequest,
+                       context: grpc.aio.ServicerContext[pb.PutChunkRequest, pb.PutChunkResult]
+                       ) -> pb.PutChunkResult:
+        digest, data = bytes(request.sha256), bytes(request.data)
+        if len(digest) != 32:
+            raise InvalidRequest("sha256 must be 32 bytes")
+        bound = self._chunker.params.max_size_bytes
+        if not 0 < len(data) <= bound:
+            # The caller's chunker must be ours: no 1 GiB "chunks", no empty ones.
+            raise ChunkTooLarge(f"a chunk holds 1 to {bound} bytes (the chunker's "
+                                f"max_size_bytes); this one has {len(data)}")
+        if await sha256_of(data) != digest:
+            raise DigestMismatch(f"the chunk's bytes do not hash to {digest.hex()}")
+        PUT_CHUNK_BYTES.inc(len(data))
+        outcome = await self._store.put(digest, data)
+        return pb.PutChunkResult(new=outcome.new, replicas=outcome.replicas)
 
     async def Download(self, request: pb.DownloadRequest,
                        context: grpc.aio.ServicerContext[pb.DownloadRequest, pb.DownloadFrame]

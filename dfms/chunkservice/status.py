@@ -12,6 +12,8 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     e.ChunkUnavailable: grpc.StatusCode.DATA_LOSS,
     e.UploadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.ChecksumMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    e.DigestMismatch: grpc.StatusCode.INVALID_ARGUMENT,
+    e.ChunkTooLarge: grpc.StatusCode.OUT_OF_RANGE,
     e.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     e.ManifestNotFound: grpc.StatusCode.NOT_FOUND,
     e.NoRing: grpc.StatusCode.FAILED_PRECONDITION,

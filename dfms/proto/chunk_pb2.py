@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x66ms/proto/chunk.proto\x12\rdfms.chunk.v1\"v\n\rUploadContext\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08max_size\x18\x03 \x01(\x03\x12\x17\n\x0f\x65xpected_sha256\x18\x04 \x01(\x0c\x12\x15\n\rexpected_size\x18\x05 \x01(\x03\"V\n\x0bUploadFrame\x12/\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.dfms.chunk.v1.UploadContextH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"8\n\x08\x43hunkRef\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x05\"\xce\x01\n\x0cUploadResult\x12\'\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x17.dfms.chunk.v1.ChunkRef\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x12\n\nnew_chunks\x18\x04 \x01(\x05\x12\x14\n\x0c\x64\x65\x64up_chunks\x18\x05 \x01(\x05\x12\x11\n\tnew_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x65\x64up_bytes\x18\x07 \x01(\x03\x12\x1f\n\x17under_replicated_chunks\x18\x08 \x01(\x05\"4\n\tChunkList\x12\'\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x17.dfms.chunk.v1.ChunkRef\"~\n\x0f\x44ownloadRequest\x12\x15\n\x0bmanifest_id\x18\x01 \x01(\tH\x00\x12*\n\x06\x63hunks\x18\x02 \x01(\x0b\x32\x18.dfms.chunk.v1.ChunkListH\x00\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\x42\x08\n\x06source\"\x1d\n\rDownloadFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\"\n\x10HasChunksRequest\x12\x0e\n\x06sha256\x18\x01 \x03(\x0c\"$\n\x11HasChunksResponse\x12\x0f\n\x07present\x18\x01 \x03(\x08\"\r\n\x0bStatRequest\"r\n\x08NodeStat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x64min_state\x18\x05 \x01(\t\x12\x10\n\x08replicas\x18\x06 \x01(\x03\"\xd3\x01\n\x0cStatResponse\x12\x13\n\x0b\x63hunk_count\x18\x01 \x01(\x03\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x03\x12\x12\n\nreplicas_n\x18\x03 \x01(\x05\x12\x16\n\x0ewrite_quorum_w\x18\x04 \x01(\x05\x12\x12\n\nring_epoch\x18\x05 \x01(\x03\x12\x0f\n\x07\x63hunker\x18\x06 \x01(\t\x12\x1f\n\x17under_replicated_chunks\x18\x07 \x01(\x03\x12&\n\x05nodes\x18\x08 \x03(\x0b\x32\x17.dfms.chunk.v1.NodeStat2\xb0\x02\n\x0c\x43hunkService\x12\x43\n\x06Upload\x12\x1a.dfms.chunk.v1.UploadFrame\x1a\x1b.dfms.chunk.v1.UploadResult(\x01\x12J\n\x08\x44ownload\x12\x1e.dfms.chunk.v1.DownloadRequest\x1a\x1c.dfms.chunk.v1.DownloadFrame0\x01\x12N\n\tHasChunks\x12\x1f.dfms.chunk.v1.HasChunksRequest\x1a .dfms.chunk.v1.HasChunksResponse\x12?\n\x04Stat\x12\x1a.dfms.chunk.v1.StatRequest\x1a\x1b.dfms.chunk.v1.StatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x66ms/proto/chunk.proto\x12\rdfms.chunk.v1\"v\n\rUploadContext\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08max_size\x18\x03 \x01(\x03\x12\x17\n\x0f\x65xpected_sha256\x18\x04 \x01(\x0c\x12\x15\n\rexpected_size\x18\x05 \x01(\x03\"V\n\x0bUploadFrame\x12/\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.dfms.chunk.v1.UploadContextH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"8\n\x08\x43hunkRef\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x05\"\xce\x01\n\x0cUploadResult\x12\'\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x17.dfms.chunk.v1.ChunkRef\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x12\n\nnew_chunks\x18\x04 \x01(\x05\x12\x14\n\x0c\x64\x65\x64up_chunks\x18\x05 \x01(\x05\x12\x11\n\tnew_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x65\x64up_bytes\x18\x07 \x01(\x03\x12\x1f\n\x17under_replicated_chunks\x18\x08 \x01(\x05\"4\n\tChunkList\x12\'\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x17.dfms.chunk.v1.ChunkRef\"~\n\x0f\x44ownloadRequest\x12\x15\n\x0bmanifest_id\x18\x01 \x01(\tH\x00\x12*\n\x06\x63hunks\x18\x02 \x01(\x0b\x32\x18.dfms.chunk.v1.ChunkListH\x00\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\x42\x08\n\x06source\"\x1d\n\rDownloadFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"/\n\x0fPutChunkRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\x0ePutChunkResult\x12\x0b\n\x03new\x18\x01 \x01(\x08\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\"\n\x10HasChunksRequest\x12\x0e\n\x06sha256\x18\x01 \x03(\x0c\"$\n\x11HasChunksResponse\x12\x0f\n\x07present\x18\x01 \x03(\x08\"\r\n\x0bStatRequest\"r\n\x08NodeStat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x64min_state\x18\x05 \x01(\t\x12\x10\n\x08replicas\x18\x06 \x01(\x03\"\xd3\x01\n\x0cStatResponse\x12\x13\n\x0b\x63hunk_count\x18\x01 \x01(\x03\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x03\x12\x12\n\nreplicas_n\x18\x03 \x01(\x05\x12\x16\n\x0ewrite_quorum_w\x18\x04 \x01(\x05\x12\x12\n\nring_epoch\x18\x05 \x01(\x03\x12\x0f\n\x07\x63hunker\x18\x06 \x01(\t\x12\x1f\n\x17under_replicated_chunks\x18\x07 \x01(\x03\x12&\n\x05nodes\x18\x08 \x03(\x0b\x32\x17.dfms.chunk.v1.NodeStat2\xfb\x02\n\x0c\x43hunkService\x12\x43\n\x06Upload\x12\x1a.dfms.chunk.v1.UploadFrame\x1a\x1b.dfms.chunk.v1.UploadResult(\x01\x12J\n\x08\x44ownload\x12\x1e.dfms.chunk.v1.DownloadRequest\x1a\x1c.dfms.chunk.v1.DownloadFrame0\x01\x12I\n\x08PutChunk\x12\x1e.dfms.chunk.v1.PutChunkRequest\x1a\x1d.dfms.chunk.v1.PutChunkResult\x12N\n\tHasChunks\x12\x1f.dfms.chunk.v1.HasChunksRequest\x1a .dfms.chunk.v1.HasChunksResponse\x12?\n\x04Stat\x12\x1a.dfms.chunk.v1.StatRequest\x1a\x1b.dfms.chunk.v1.StatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,16 +45,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOWNLOADREQUEST']._serialized_end=696
   _globals['_DOWNLOADFRAME']._serialized_start=698
   _globals['_DOWNLOADFRAME']._serialized_end=727
-  _globals['_HASCHUNKSREQUEST']._serialized_start=729
-  _globals['_HASCHUNKSREQUEST']._serialized_end=763
-  _globals['_HASCHUNKSRESPONSE']._serialized_start=765
-  _globals['_HASCHUNKSRESPONSE']._serialized_end=801
-  _globals['_STATREQUEST']._serialized_start=803
-  _globals['_STATREQUEST']._serialized_end=816
-  _globals['_NODESTAT']._serialized_start=818
-  _globals['_NODESTAT']._serialized_end=932
-  _globals['_STATRESPONSE']._serialized_start=935
-  _globals['_STATRESPONSE']._serialized_end=1146
-  _globals['_CHUNKSERVICE']._serialized_start=1149
-  _globals['_CHUNKSERVICE']._serialized_end=1453
+  _globals['_PUTCHUNKREQUEST']._serialized_start=729
+  _globals['_PUTCHUNKREQUEST']._serialized_end=776
+  _globals['_PUTCHUNKRESULT']._serialized_start=778
+  _globals['_PUTCHUNKRESULT']._serialized_end=825
+  _globals['_HASCHUNKSREQUEST']._serialized_start=827
+  _globals['_HASCHUNKSREQUEST']._serialized_end=861
+  _globals['_HASCHUNKSRESPONSE']._serialized_start=863
+  _globals['_HASCHUNKSRESPONSE']._serialized_end=899
+  _globals['_STATREQUEST']._serialized_start=901
+  _globals['_STATREQUEST']._serialized_end=914
+  _globals['_NODESTAT']._serialized_start=916
+  _globals['_NODESTAT']._serialized_end=1030
+  _globals['_STATRESPONSE']._serialized_start=1033
+  _globals['_STATRESPONSE']._serialized_end=1244
+  _globals['_CHUNKSERVICE']._serialized_start=1247
+  _globals['_CHUNKSERVICE']._serialized_end=1626
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,22 @@ class DownloadFrame(_message.Message):
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
+class PutChunkRequest(_message.Message):
+    __slots__ = ("sha256", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: bytes
+    data: bytes
+    def __init__(self, sha256: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutChunkResult(_message.Message):
+    __slots__ = ("new", "replicas")
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    new: bool
+    replicas: int
+    def __init__(self, new: _Optional[bool] = ..., replicas: _Optional[int] = ...) -> None: ...
+
 class HasChunksRequest(_message.Message):
     __slots__ = ("sha256",)
     SHA256_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class ChunkServiceStub:
                 request_serializer=dfms_dot_proto_dot_chunk__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=dfms_dot_proto_dot_chunk__pb2.DownloadFrame.FromString,
                 _registered_method=True)
+        self.PutChunk = channel.unary_unary(
+                '/dfms.chunk.v1.ChunkService/PutChunk',
+                request_serializer=dfms_dot_proto_dot_chunk__pb2.PutChunkRequest.SerializeToString,
+                response_deserializer=dfms_dot_proto_dot_chunk__pb2.PutChunkResult.FromString,
+                _registered_method=True)
         self.HasChunks = channel.unary_unary(
                 '/dfms.chunk.v1.ChunkService/HasChunks',
                 request_serializer=dfms_dot_proto_dot_chunk__pb2.HasChunksRequest.SerializeToString,
@@ -68,6 +73,15 @@ class ChunkServiceServicer:
 
     def Download(self, request, context):
         """Server stream of the bytes of a manifest (or a byte range of it), verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutChunk(self, request, context):
+        """One chunk cut by the caller (chunk-level uploads): its SHA-256 is verified and its
+        size checked against the chunker's bounds, then it is stored like a chunk of an
+        Upload (a dedup hit, or written to n replicas with quorum w).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +112,11 @@ def add_ChunkServiceServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=dfms_dot_proto_dot_chunk__pb2.DownloadRequest.FromString,
                     response_serializer=dfms_dot_proto_dot_chunk__pb2.DownloadFrame.SerializeToString,
+            ),
+            'PutChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutChunk,
+                    request_deserializer=dfms_dot_proto_dot_chunk__pb2.PutChunkRequest.FromString,
+                    response_serializer=dfms_dot_proto_dot_chunk__pb2.PutChunkResult.SerializeToString,
             ),
             'HasChunks': grpc.unary_unary_rpc_method_handler(
                     servicer.HasChunks,
@@ -164,6 +183,33 @@ class ChunkService:
             '/dfms.chunk.v1.ChunkService/Download',
             dfms_dot_proto_dot_chunk__pb2.DownloadRequest.SerializeToString,
             dfms_dot_proto_dot_chunk__pb2.DownloadFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dfms.chunk.v1.ChunkService/PutChunk',
+            dfms_dot_proto_dot_chunk__pb2.PutChunkRequest.SerializeToString,
+            dfms_dot_proto_dot_chunk__pb2.PutChunkResult.FromString,
             options,
             channel_credentials,
             insecure,
