@@ -21,6 +21,7 @@ from dfms.gateway import (
     readiness,
     routes_admin,
     routes_auth,
+    routes_chunks,
     routes_files,
     routes_folders,
     routes_gc,
@@ -49,9 +50,9 @@ from dfms.runtime.service import Service
 from dfms.runtime.telemetry import tracing_active
 
 # Each module owns its paths; every one of them must be in api/openapi.yaml.
-ROUTE_MODULES = (routes_auth, routes_multipart, routes_files, routes_versions, routes_folders,
-                 routes_trash, routes_storage, routes_search, routes_shares, routes_admin,
-                 routes_gc, routes_openapi)
+ROUTE_MODULES = (routes_auth, routes_multipart, routes_chunks, routes_files, routes_versions,
+                 routes_folders, routes_trash, routes_storage, routes_search, routes_shares,
+                 routes_admin, routes_gc, routes_openapi)
 
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ emits no event: the answer is the current version, marked ``unchanged``.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,16 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from dfms.chunkservice.client import ChunkClient
+from dfms.chunkservice.errors import ChunkServiceError
+from dfms.chunkservice.pipeline import ChunkEntry
 from dfms.config import LifecycleConfig
+from dfms.errors import DependencyUnavailable
 from dfms.events.outbox import emit
 from dfms.events.topics import FILE_UPLOADED, FILES_TOPIC
 from dfms.gateway.context import API_PREFIX
 from dfms.gateway.errors import ApiError, conflict
+from dfms.gateway.mime import SNIFF_BYTES
 from dfms.metadata import lifecycle as lc
 from dfms.metadata import namespace as ns
 from dfms.metadata.db import Connection
@@ -55,6 +61,46 @@ async def insert_manifest(conn: Connection, size: int, sha256: bytes,
         raise ApiError(503, "storage_unavailable",
                        "a chunk of this upload was removed by the garbage collector while "
                        "it was being stored; send it again", {"Retry-After": "1"}) from exc
+
+
+async def content_sha256(chunks: ChunkClient, entries: list[tuple[bytes, int, int]]
+                         ) -> tuple[bytes, bytes]:
+    """The whole content's SHA-256 and its first bytes, read back verified (each chunk
+    is checked against its own hash on the way). The content was assembled from parts
+    or chunks sent apart, so no running hash of it exists; this costs one read of every
+    byte from the nodes."""
+    digest = hashlib.sha256()
+    head = b""
+    if not entries:  # an empty file: nothing to read (and Download wants a source)
+        return digest.digest(), head
+    listed = [ChunkEntry(sha, offset, size) for sha, offset, size in entries]
+    try:
+        async for piece in chunks.download(chunks=listed):
+            if len(head) < SNIFF_BYTES:
+                head += piece[:SNIFF_BYTES - len(head)]
+            digest.update(piece)
+    except DependencyUnavailable:
+        raise  # answered by the error table: which dependency is away
+    except ChunkServiceError as exc:
+        raise ApiError(503, "storage_unavailable", f"reading the content back failed: {exc}",
+                       {"Retry-After": "5"}) from exc
+    return digest.digest(), head
+
+
+async def content_head(chunks: ChunkClient, entries: list[tuple[bytes, int, int]]) -> bytes:
+    """The content's first bytes (for MIME detection): its first chunk only, verified."""
+    if not entries:
+        return b""
+    listed = [ChunkEntry(sha, offset, size) for sha, offset, size in entries]
+    length = min(SNIFF_BYTES, sum(size for _, _, size in entries))
+    try:
+        return b"".join([piece async for piece in chunks.download(chunks=listed, offset=0,
+                                                                    length=length)])
+    except DependencyUnavailable:
+        raise
+    except ChunkServiceError as exc:
+        raise ApiError(503, "storage_unavailable", f"reading the content failed: {exc}",
+                       {"Retry-After": "5"}) from exc
 
 
 def etag_of(sha256: bytes) -> str:

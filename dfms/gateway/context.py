@@ -23,12 +23,14 @@ TOKENS_KEY = web.AppKey("tokens", TokenService)
 API_PREFIX = "/api/v1"
 
 
-def path_param(name: str, *, besides: str) -> str:
-    """A path parameter ``{name}`` that never takes the literal segment ``besides``.
+def path_param(name: str, *, besides: str | tuple[str, ...]) -> str:
+    """A path parameter ``{name}`` that never takes the literal segment(s) ``besides``.
 
     A sibling route owns that segment (``/files/upload`` is the upload, not a file
     whose id is "upload"): without the exclusion, a method the sibling does not serve
     (``GET /files/upload``) would reach the parameter's handler and answer 404, and
     ``Allow`` on a 405 would list the parameter route's methods too.
     """
-    return f"{{{name}:(?!{re.escape(besides)}$)[^{{}}/]+}}"
+    words = (besides,) if isinstance(besides, str) else besides
+    literal = "|".join(re.escape(w) for w in words)
+    return f"{{{name}:(?!(?:{literal})$)[^{{}}/]+}}"

@@ -83,6 +83,8 @@ ANSWERS: Mapping[type[BaseException], HttpAnswer] = MappingProxyType({
     chunks.ChunkServiceError: HttpAnswer(502, "storage_error", "the storage layer failed"),
     chunks.ChecksumMismatch: HttpAnswer(422, "checksum_mismatch"),
     chunks.InvalidRequest: HttpAnswer(400, "invalid_upload"),
+    chunks.DigestMismatch: HttpAnswer(400, "digest_mismatch"),
+    chunks.ChunkTooLarge: HttpAnswer(413, "chunk_too_large"),
     chunks.ChunkUnavailable: HttpAnswer(503, "content_unavailable", None, _RETRY),
     chunks.ChunkBeingSwept: HttpAnswer(
         503, "storage_unavailable", "a chunk of this upload is being removed by the garbage "

@@ -20,14 +20,22 @@ _INTEGER = re.compile(r"-?[0-9]+")
 NAME_FIELDS = ("name", "file_name")
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    limit = request.app[CONFIG_KEY].gateway.max_json_bytes
+async def read_json(request: web.Request, limit: int | None = None) -> dict[str, Any]:
+    """The JSON object of the body, at most ``limit`` bytes (``gateway.max_json_bytes``
+    unless the operation allows more, as a commit's manifest may need)."""
+    if limit is None:
+        limit = request.app[CONFIG_KEY].gateway.max_json_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"JSON bodies are limited to {limit} bytes")
-    raw = await request.content.read(limit + 1)
+    raw = bytearray()
+    while len(raw) <= limit:  # read(n) answers what has arrived, not n bytes: loop
+        piece = await request.content.read(limit + 1 - len(raw))
+        if not piece:
+            break
+        raw += piece
     if len(raw) > limit:
         raise ApiError(413, "payload_too_large", f"JSON bodies are limited to {limit} bytes")
-    doc = _parse(raw)
+    doc = _parse(bytes(raw))
     if not isinstance(doc, dict):
         raise bad_request("invalid_json", "the body must be a JSON object")
     _check_unicode(doc)

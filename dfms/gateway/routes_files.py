@@ -114,7 +114,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post(f"{API_PREFIX}/files/upload", upload)
     app.router.add_get(f"{API_PREFIX}/files", list_files)
-    item = f"{API_PREFIX}/files/{path_param('file_id', besides='upload')}"
+    item = f"{API_PREFIX}/files/{path_param('file_id', besides=('upload', 'commit'))}"
     app.router.add_get(item, get_file)
     app.router.add_patch(item, update_file)
     app.router.add_delete(item, delete_file)

@@ -11,22 +11,19 @@ An interrupted part is re-sent with the same part number; it replaces the old.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from dfms.chunkservice.errors import ChunkServiceError
-from dfms.chunkservice.pipeline import ChunkEntry
 from dfms.config import LifecycleConfig
-from dfms.errors import DependencyUnavailable
 from dfms.gateway.bodies import expected_sha256, idle_guarded, store_stream
 from dfms.gateway.commit import (
     Content,
     commit_content,
     committed_response,
+    content_sha256,
     insert_manifest,
     precheck,
     quota_error,
@@ -226,25 +223,6 @@ def _parts(numbers: Sequence[int], singular: str, plural: str) -> str:
     return f"parts {', '.join(shown[:-1])} and {shown[-1]} {plural}"
 
 
-async def _content_sha256(request: web.Request, entries: list[tuple[bytes, int, int]]
-                          ) -> tuple[bytes, bytes]:
-    """The whole content's SHA-256 and its first bytes, read back verified."""
-    digest = hashlib.sha256()
-    head = b""
-    chunks = [ChunkEntry(sha, offset, size) for sha, offset, size in entries]
-    try:
-        async for piece in request.app[CHUNKS_KEY].download(chunks=chunks):
-            if len(head) < 4096:
-                head += piece[:4096 - len(head)]
-            digest.update(piece)
-    except DependencyUnavailable:
-        raise  # answered by the error table: which dependency is away
-    except ChunkServiceError as exc:
-        raise ApiError(503, "storage_unavailable", f"reading the parts back failed: {exc}",
-                       {"Retry-After": "5"}) from exc
-    return digest.digest(), head
-
-
 async def complete(request: web.Request) -> web.Response:
     user = await authenticate(request)
     cfg = request.app[CONFIG_KEY].lifecycle
@@ -259,7 +237,7 @@ async def complete(request: web.Request) -> web.Response:
     parts = await mp.parts(pool, upload.id)
     _check_parts(parts, listed, upload, cfg)
     entries = await mp.entries(pool, [p.manifest_id for p in parts])
-    sha256, head = await _content_sha256(request, entries)
+    sha256, head = await content_sha256(request.app[CHUNKS_KEY], entries)
     size = sum(p.size for p in parts)
     content = Content(size, sha256, detect(head, upload.file_name), entries)
     async with pool.acquire() as conn, conn.transaction():

@@ -59,7 +59,9 @@ REQUEST_TIMEOUT_S = 60
 # - an upload needs a name (X-File-Name, or a multipart form's filename) and its bytes
 #   must hash to X-Content-SHA256 (400, 422); If-Match names a version (412);
 # - multipart complete needs the parts uploaded (400); a Range must fit the file (416);
-#   a share link ends after its download limit or expiry (410).
+#   a share link ends after its download limit or expiry (410);
+# - a chunk must hash to the SHA-256 of its path (400 digest_mismatch); a commit needs
+#   chunks the caller holds (409), sizes that add up (400), the content's SHA-256 (422).
 CONFIG = """\
 [checks.not_a_server_error]
 expected-statuses = ["2xx", "3xx", "4xx", "507"]
@@ -73,6 +75,12 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401",
 
 [[operations]]
 include-operation-id = ["uploadFile", "putMultipartPart"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403",
+                                                     "404", "409", "412", "422", "429",
+                                                     "5xx"]
+
+[[operations]]
+include-operation-id = ["putChunk", "commitFile"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403",
                                                      "404", "409", "412", "422", "429",
                                                      "5xx"]
