@@ -52,18 +52,30 @@ async def _failure(call: grpc.aio.StreamUnaryCall[pb.UploadFrame, pb.UploadResul
 
 
 async def reframe(frames: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroup a stream into frames of ``size`` bytes (the last may be shorter)."""
-    buf = bytearray()
+    """Regroup a stream into frames of ``size`` bytes (the last may be shorter).
+
+    Each byte is copied once, by the join that makes its frame (a piece already of
+    the right size goes out as it is): a bytearray buffer cost three copies (append,
+    slice, bytes()) of every byte of every upload.
+    """
+    pieces: list[memoryview] = []
+    held = 0
     async for piece in frames:
-        if not buf and len(piece) == size:
-            yield bytes(piece)
+        if not pieces and len(piece) == size:
+            yield piece
             continue
-        buf += piece
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
+        view = memoryview(piece)
+        while view:
+            take = min(size - held, len(view))
+            pieces.append(view[:take])
+            held += take
+            view = view[take:]
+            if held == size:
+                yield b"".join(pieces)
+                pieces.clear()
+                held = 0
+    if pieces:
+        yield b"".join(pieces)
 
 
 def _trace_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
