@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from dfms.gateway.context import CONFIG_KEY
-from dfms.gateway.errors import ApiError, bad_request, not_found
+from dfms.gateway.errors import ApiError, IncompleteBody, bad_request, not_found
 from dfms.gateway.names import clean_name
 
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -28,8 +29,13 @@ async def read_json(request: web.Request, limit: int | None = None) -> dict[str,
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"JSON bodies are limited to {limit} bytes")
     raw = bytearray()
+    idle_s = request.app[CONFIG_KEY].gateway.body_idle_timeout_s
     while len(raw) <= limit:  # read(n) answers what has arrived, not n bytes: loop
-        piece = await request.content.read(limit + 1 - len(raw))
+        try:
+            async with asyncio.timeout(idle_s):
+                piece = await request.content.read(limit + 1 - len(raw))
+        except TimeoutError as exc:
+            raise IncompleteBody(f"the request body stalled for {idle_s:.0f}s") from exc
         if not piece:
             break
         raw += piece

@@ -5,6 +5,7 @@ error codes of PutChunk's refusals."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from dfms.gateway.context import CONFIG_KEY, path_param
 from dfms.gateway.error_table import api_error
 from dfms.gateway.errors import ApiError
 from dfms.gateway.http import read_json
+from dfms.gateway.middleware import error_middleware, request_id_middleware
 from dfms.gateway.routes_chunks import missing_chunks_error, parse_commit, parse_digests
 from dfms.gc import collector
 
@@ -151,3 +153,23 @@ async def test_a_json_body_arriving_in_pieces_is_read_whole_up_to_the_limit() ->
         resp = await client.post("/", data=pieces())
         assert resp.status == 200, await resp.text()
         assert await resp.json() == {"items": 40000}
+
+
+async def test_a_json_body_that_stalls_is_an_incomplete_body() -> None:
+    async def parse(request: web.Request) -> web.Response:
+        await read_json(request)
+        return web.json_response({})
+
+    app = web.Application(middlewares=[request_id_middleware, error_middleware])
+    app[CONFIG_KEY] = Config(gateway=dataclasses.replace(CFG.gateway, body_idle_timeout_s=1.0))
+    app.router.add_post("/", parse)
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b'{"chunks": ['
+        await asyncio.sleep(5)
+        yield b"]}"
+
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/", data=stalls())
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "incomplete_body"
