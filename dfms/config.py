@@ -357,8 +357,9 @@ class TelemetryConfig:
     sampler: str = opt("parentbased_traceidratio", "which traces are kept "
                        "(OTEL_TRACES_SAMPLER); parent-based: a service follows its "
                        "caller, so a trace is whole or absent", choices=SAMPLERS)
-    sampler_arg: float = opt(0.1, "ratio of new traces kept by the *traceidratio samplers "
-                             "(OTEL_TRACES_SAMPLER_ARG)", lo=0.0, hi=1.0)
+    sampler_arg: float = opt(0.01, "ratio of new traces kept by the *traceidratio samplers "
+                             "(OTEL_TRACES_SAMPLER_ARG); why 0.01: docs/operations.md, "
+                             "Traces", lo=0.0, hi=1.0)
     environment: str = opt("development", "deployment.environment resource attribute of "
                            "every span (production, staging...)")
 

@@ -19,6 +19,7 @@ from dfms.chunkservice.status import ERROR_TYPE_KEY, ERROR_TYPES
 from dfms.errors import ChunkServiceUnavailable
 from dfms.proto import chunk_pb2 as pb
 from dfms.proto import chunk_pb2_grpc as pb_grpc
+from dfms.runtime.telemetry import sampled_span, span_dropped
 
 DEFAULT_FRAME_BYTES = 1024 * 1024  # 1 MiB
 GRPC_SERVICE = "dfms.chunk.v1.ChunkService"
@@ -94,9 +95,19 @@ def _client_span(method: str) -> AbstractContextManager[trace.Span]:
     """A client span per call, written here: the aio client instrumentation (0.66b1)
     awaits a client-streaming call's status before handing the call back, so an
     ``Upload`` written frame by frame would wait for itself."""
-    return _TRACER.start_as_current_span(
-        f"{GRPC_SERVICE}/{method}", kind=trace.SpanKind.CLIENT,
-        attributes=_rpc_attributes(method))
+    return sampled_span(_TRACER, f"{GRPC_SERVICE}/{method}", trace.SpanKind.CLIENT,
+                        attributes=_rpc_attributes(method))
+
+
+def _download_span() -> trace.Span:
+    """The Download call's client span, not made current: a generator may be closed from
+    another task or by the collector, where detaching a context it attached would fail.
+    Where it could only be dropped it is not started (the call then carries the current,
+    unsampled, context: the chunk service follows that decision just the same)."""
+    if span_dropped(trace.SpanKind.CLIENT):
+        return trace.INVALID_SPAN
+    return _TRACER.start_span(f"{GRPC_SERVICE}/Download", kind=trace.SpanKind.CLIENT,
+                              attributes=_rpc_attributes("Download"))
 
 
 def _summary(result: pb.UploadResult) -> UploadSummary:
@@ -192,12 +203,9 @@ class ChunkClient:
             request.chunks.chunks.extend(
                 pb.ChunkRef(sha256=c.sha256, offset=c.offset, size=c.size) for c in chunks)
         await self._connected()
-        # Not made current: a generator may be closed from another task or by the
-        # collector, where detaching a context it attached would fail.
-        span = _TRACER.start_span(f"{GRPC_SERVICE}/Download", kind=trace.SpanKind.CLIENT,
-                                  attributes=_rpc_attributes("Download"))
-        call = self._stub.Download(request, wait_for_ready=True,
-                                   metadata=_trace_metadata(trace.set_span_in_context(span)))
+        span = _download_span()
+        call = self._stub.Download(request, wait_for_ready=True, metadata=_trace_metadata(
+            trace.set_span_in_context(span) if span.is_recording() else None))
         try:
             async for frame in call:
                 yield frame.data

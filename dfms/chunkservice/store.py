@@ -40,6 +40,7 @@ from dfms.events.topics import CHUNK_REPLICA_BAD, CHUNK_UNDER_REPLICATED, CHUNKS
 from dfms.healthmon.passive import PassiveHealth
 from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.runtime.logs import get_logger
+from dfms.runtime.telemetry import sampled_span
 from dfms.storage import NodeUnavailable, ObjectNotFound, StorageError, chunk_key
 
 log = get_logger("chunk_service.store")
@@ -167,7 +168,7 @@ class ChunkStore:
     # -- write -------------------------------------------------------------------
 
     async def put(self, digest: bytes, data: bytes) -> StoreOutcome:
-        with _TRACER.start_as_current_span("chunk write") as span:
+        with sampled_span(_TRACER, "chunk write") as span:
             outcome = await self._put(digest, data)
             if span.is_recording():
                 span.set_attributes({
@@ -275,8 +276,9 @@ class ChunkStore:
 
     async def get(self, digest: bytes) -> bytes:
         """The chunk's bytes, verified against its SHA-256, from the first good replica."""
-        with _TRACER.start_as_current_span("chunk read") as span:
-            span.set_attribute("dfms.chunk.sha256", digest.hex())
+        with sampled_span(_TRACER, "chunk read") as span:
+            if span.is_recording():
+                span.set_attribute("dfms.chunk.sha256", digest.hex())
             return await self._get(digest)
 
     async def _get(self, digest: bytes) -> bytes:

@@ -10,15 +10,19 @@ runs and no export can fail or retry.
 With an endpoint, spans are batched and exported over OTLP (http/protobuf or grpc) with
 the resource ``service.name=dfms-<service>``, ``service.version`` and
 ``deployment.environment``, and the maintained instrumentations are switched on: aiohttp
-server and client, the gRPC (aio) server, asyncpg and redis (the chunk service's
-client writes its gRPC client spans itself).
+server, the gRPC (aio) server, asyncpg and redis (the chunk service's client writes its
+gRPC client spans itself, the S3 node client its node call spans).
 
-Default sampling: ``parentbased_traceidratio`` at 0.1. Parent-based, so the chunk
-service and the S3 calls follow the gateway's decision and a trace is always whole; one
-new trace in ten is enough to see every route's shape on a busy cluster, while the nine
-in ten that are not sampled cost only non-recording spans (no attributes kept, nothing
-exported). Set ``sampler_arg: 1.0`` (or ``OTEL_TRACES_SAMPLER_ARG=1``) to see every
-request, e.g. on a laptop.
+Default sampling: ``parentbased_traceidratio`` at 0.01. Parent-based, so the chunk
+service and the S3 calls follow the gateway's decision and a trace is always whole. A
+sampled upload records some 45 spans (most of them queries) and costs 1.4-1.9x the CPU of
+an untraced one, so the ratio sets most of the cost: 4-9% at 0.1, under 1% at 0.01, on
+top of the 2-3% an unsampled request still pays (docs/operations.md, Traces; measured by
+benchmarks/bench_tracing.py and profiles). One request in a hundred still gives a trace
+of every busy route within seconds. Below the request's span, unsampled requests start
+no span of DFMS's own and no query span (``sampled_span``, ``sampled_only_asyncpg``).
+Set ``sampler_arg: 1.0`` (or ``OTEL_TRACES_SAMPLER_ARG=1``) to see every request, e.g.
+on a laptop.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,11 +199,38 @@ def _outside_a_recorded_span() -> bool:
     return not trace.get_current_span().is_recording()
 
 
+def span_dropped(kind: SpanKind = SpanKind.INTERNAL) -> bool:
+    """Whether a span started here now could only be dropped, so need not be started.
+
+    Under a valid span that is not recording (an unsampled request) a child is dropped
+    by every sampler DFMS offers: parent-based ones follow the parent, and the ratio
+    samplers decide on the trace id, which the child shares. Outside any span only a
+    CLIENT span is sure to be dropped (NoClientRoots); an internal one would be a root.
+    """
+    span = trace.get_current_span()
+    if span.is_recording():
+        return False
+    return kind is SpanKind.CLIENT or span.get_span_context().is_valid
+
+
+def sampled_span(tracer: trace.Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL,
+                 **kwargs: Any) -> AbstractContextManager[trace.Span]:
+    """``tracer.start_as_current_span(name, kind, ...)``, or where that span could only
+    be dropped (``span_dropped``), no span at all: the context stays the unsampled
+    request's, which is what a dropped span would have propagated anyway, and the code
+    inside gets a non-recording span to write to. At the default ratio this is 99
+    requests in 100; a dropped span still costs a sampler call, ids, a context attach
+    and detach, and its attributes (benchmarks/bench_tracing.py)."""
+    if span_dropped(kind):
+        return nullcontext(trace.INVALID_SPAN)
+    return tracer.start_as_current_span(name, kind=kind, **kwargs)
+
+
 def sampled_only_asyncpg() -> Any:
     """The asyncpg instrumentation, skipped outright where its span would not be kept.
 
     It parses the statement and builds the span's attributes before asking the sampler,
-    so at the default ratio nine requests in ten paid that for every query: measured
+    so at a ratio of 0.1 nine requests in ten paid that for every query: measured
     by benchmarks/bench_tracing.py. What is recorded does not change."""
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
@@ -226,7 +258,6 @@ def sampled_only_asyncpg() -> Any:
 def instrument_libraries(provider: TracerProvider) -> None:
     """Switch on the maintained instrumentations (they patch classes, so this runs before
     the service builds its app, channels, pools and clients)."""
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
     from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -241,9 +272,13 @@ def instrument_libraries(provider: TracerProvider) -> None:
                                 message="Inheritance class _InstrumentedApplication")
         AioHttpServerInstrumentor().instrument(tracer_provider=provider)
     # No GrpcAioInstrumentorClient: dfms/chunkservice/client.py writes the client spans
-    # (see _client_span there for why).
-    for instrumentor in (AioHttpClientInstrumentor(), GrpcAioInstrumentorServer(),
-                         sampled_only_asyncpg(), RedisInstrumentor()):
+    # (see _client_span there for why). No AioHttpClientInstrumentor: the only aiohttp
+    # clients are the S3 node clients, whose call spans (dfms/storage/client.py) carry
+    # the node, operation, bytes and outcome; the instrumentation added a span per
+    # attempt under each, and its trace hooks ran on every request and every body slice
+    # sent, sampled or not: 3% of the chunk service's CPU at the default ratio.
+    for instrumentor in (GrpcAioInstrumentorServer(), sampled_only_asyncpg(),
+                         RedisInstrumentor()):
         instrumentor.instrument(tracer_provider=provider)
 
 

@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 
 from dfms.config import S3Config
-from dfms.runtime.telemetry import trace_exemplar
+from dfms.runtime.telemetry import sampled_span, trace_exemplar
 from dfms.storage.errors import NodeUnavailable, ObjectNotFound, StorageError, StorageRejected
 
 T = TypeVar("T")
@@ -38,6 +38,10 @@ RETRY_MAX_DELAY_S = 2.0
 POOL_CONNECTIONS_PER_NODE = 32
 
 _TRACER = trace.get_tracer("dfms.storage")
+# The HTTP method of each operation, for the call's span (ping asks whether the bucket
+# exists). There is no HTTP client span below it: see instrument_libraries.
+_HTTP_METHODS = {"put": "PUT", "get": "GET", "head": "HEAD", "delete": "DELETE",
+                 "ping": "HEAD"}
 S3_REQUESTS = Counter("dfms_s3_requests_total", "Requests to storage nodes",
                       ["node", "op", "outcome"])
 S3_SECONDS = Histogram("dfms_s3_request_seconds", "Latency of storage-node requests",
@@ -195,11 +199,11 @@ class NodeClient:
                         retries: int | None = None, *, sent: int = 0) -> T:
         """``call`` with retries, in one client span (node id, operation, bytes moved,
         outcome); retried attempts are events of that span, not spans of their own."""
-        with _TRACER.start_as_current_span(f"s3 {op}", kind=SpanKind.CLIENT,
-                                           record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with sampled_span(_TRACER, f"s3 {op}", SpanKind.CLIENT, record_exception=False,
+                          set_status_on_exception=False) as span:
             if span.is_recording():
                 span.set_attributes({"dfms.node.id": self.node_id, "dfms.s3.operation": op,
+                                     "http.request.method": _HTTP_METHODS.get(op, "_OTHER"),
                                      "server.address": self.endpoint})
             try:
                 result = await self._attempts(op, call, retries)

@@ -165,6 +165,9 @@ async def check_upload_trace(spans: Collected, trace_id: bytes) -> None:
         lambda s: s.name == "s3 put" and attrs(s).get("dfms.s3.outcome") == "ok"))
     assert attrs(put)["dfms.s3.bytes"] == 64 * 1024
     assert attrs(put)["dfms.node.id"] != STOPPED_NODE
+    assert (attrs(put)["dfms.s3.operation"], attrs(put)["http.request.method"]) == (
+        "put", "PUT")
+    assert put.parent_span_id == write.span_id, "a node call is a child of its chunk write"
     await spans.wait_for("PostgreSQL", in_trace(lambda s: attrs(s).get("db.system")
                                                 == "postgresql"))
 

@@ -38,6 +38,7 @@ from opentelemetry.trace import (
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 import dfms
+from dfms.chunkservice import client as chunk_client
 from dfms.config import ConfigError, TelemetryConfig, load_config
 from dfms.events.consumer import producer_links
 from dfms.events.envelope import Event, current_trace_context
@@ -53,10 +54,13 @@ from dfms.runtime.telemetry import (
     make_sampler,
     resolve,
     sampled_only_asyncpg,
+    sampled_span,
     setup_tracing,
+    span_dropped,
     trace_exemplar,
 )
 from dfms.storage import NodeUnavailable
+from dfms.storage import client as storage_client
 from dfms.storage.client import NodeClient
 
 EXPORTER = InMemorySpanExporter()
@@ -94,7 +98,7 @@ def test_config_endpoint_is_a_base_url() -> None:
     settings = resolve(TelemetryConfig(endpoint="http://collector:4318/"), {})
     assert settings.enabled
     assert settings.traces_url == "http://collector:4318/v1/traces"
-    assert (settings.sampler, settings.sampler_arg) == ("parentbased_traceidratio", 0.1)
+    assert (settings.sampler, settings.sampler_arg) == ("parentbased_traceidratio", 0.01)
 
 
 def test_standard_variables_win_over_the_config() -> None:
@@ -127,7 +131,7 @@ def test_unsupported_variable_values_fall_back_to_the_config() -> None:
            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
     settings = resolve(TelemetryConfig(endpoint="http://c:4318"), env)
     assert (settings.sampler, settings.sampler_arg, settings.protocol) == (
-        "parentbased_traceidratio", 0.1, "http/protobuf")
+        "parentbased_traceidratio", 0.01, "http/protobuf")
 
 
 def test_config_section_is_validated() -> None:
@@ -260,13 +264,17 @@ async def test_s3_call_span_has_node_operation_and_outcome(spans: InMemorySpanEx
                                                            ) -> None:
     cfg = load_config(env={"DFMS_S3__SECRET_KEY": "x", "DFMS_S3__REQUEST_TIMEOUT_S": "2"}).s3
     async with NodeClient("node-x", "http://127.0.0.1:9", cfg) as client:
-        with pytest.raises(NodeUnavailable):
+        # Inside a request: outside any span a client call starts no trace (NoClientRoots).
+        with trace.get_tracer("test").start_as_current_span("request"), \
+                pytest.raises(NodeUnavailable):
             await client.ping()
-    (span,) = finished(spans, "s3 ping")
+    (span,) = [s for s in finished(spans, "s3 ping") if s.attributes
+               and s.attributes["dfms.node.id"] == "node-x"]
     assert span.kind is trace.SpanKind.CLIENT
     assert span.attributes is not None
     assert span.attributes["dfms.node.id"] == "node-x"
     assert span.attributes["dfms.s3.operation"] == "ping"
+    assert span.attributes["http.request.method"] == "HEAD"
     assert span.attributes["dfms.s3.outcome"] == "NodeUnavailable"
     assert span.status.status_code is StatusCode.ERROR
 
@@ -454,3 +462,93 @@ async def test_queries_outside_a_recorded_span_skip_the_instrumentation() -> Non
         assert await instrumentor._do_execute(fetch, conn, ("SELECT 2",), {}) == "rows"
     names = [s.name for s in exporter.get_finished_spans()]
     assert names == ["SELECT", "request"] and calls == ["SELECT 1", "SELECT 2"]
+
+
+# -- unsampled requests start no spans of their own -------------------------------------------
+
+def unsampled_request() -> otel_context.Context:
+    """The context inside a request the sampler did not keep (or a remote one's)."""
+    return trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(0))))
+
+
+class CountingTracer:
+    """Wraps a tracer and notes the name of every span asked of it."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer, self.started = tracer, list[str]()
+
+    def start_as_current_span(self, name: str, **kwargs: Any) -> Any:
+        self.started.append(name)
+        return self.tracer.start_as_current_span(name, **kwargs)
+
+    def start_span(self, name: str, **kwargs: Any) -> Any:
+        self.started.append(name)
+        return self.tracer.start_span(name, **kwargs)
+
+
+def test_spans_are_skipped_only_where_they_would_be_dropped(
+        spans: InMemorySpanExporter) -> None:
+    assert span_dropped(SpanKind.CLIENT) and not span_dropped()  # no span: a root may start
+    token = otel_context.attach(unsampled_request())
+    try:
+        assert span_dropped() and span_dropped(SpanKind.CLIENT)
+        with sampled_span(trace.get_tracer("test"), "child") as span:
+            assert not span.is_recording()
+            # The request's own (unsampled) context stays current: it is what goes on.
+            assert trace.get_current_span().get_span_context().span_id == 0xDEF
+    finally:
+        otel_context.detach(token)
+    with trace.get_tracer("test").start_as_current_span("request"):
+        assert not span_dropped(SpanKind.CLIENT)
+        with sampled_span(trace.get_tracer("test"), "child", SpanKind.CLIENT) as span:
+            assert span.is_recording()
+    assert [s.name for s in finished(spans, "child")] == ["child"]
+
+
+async def test_an_unsampled_request_starts_no_s3_span(spans: InMemorySpanExporter,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nine requests in ten at the default ratio: their node calls do no span work at
+    all; a sampled request's call still gets its span with the node and outcome."""
+    counting = CountingTracer(storage_client._TRACER)
+    monkeypatch.setattr(storage_client, "_TRACER", counting)
+    cfg = load_config(env={"DFMS_S3__SECRET_KEY": "x", "DFMS_S3__REQUEST_TIMEOUT_S": "2"}).s3
+    async with NodeClient("node-y", "http://127.0.0.1:9", cfg) as client:
+        token = otel_context.attach(unsampled_request())
+        try:
+            with pytest.raises(NodeUnavailable):
+                await client.ping()
+        finally:
+            otel_context.detach(token)
+        assert counting.started == []
+        with trace.get_tracer("test").start_as_current_span("request"), \
+                pytest.raises(NodeUnavailable):
+            await client.ping()
+    assert counting.started == ["s3 ping"]
+    (span,) = [s for s in finished(spans, "s3 ping") if s.attributes
+               and s.attributes["dfms.node.id"] == "node-y"]
+    assert span.attributes is not None
+    assert span.attributes["dfms.s3.outcome"] == "NodeUnavailable"
+
+
+def test_an_unsampled_download_starts_no_span_but_carries_the_decision(
+        spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's gRPC client span is skipped under an unsampled request, and the
+    call carries that request's context (flags 00), so the chunk service drops its
+    spans too instead of starting a trace of its own."""
+    counting = CountingTracer(chunk_client._TRACER)
+    monkeypatch.setattr(chunk_client, "_TRACER", counting)
+    token = otel_context.attach(unsampled_request())
+    try:
+        span = chunk_client._download_span()
+        with chunk_client._client_span("Upload"):
+            metadata = dict(chunk_client._trace_metadata())
+    finally:
+        otel_context.detach(token)
+    assert span is trace.INVALID_SPAN and counting.started == []
+    assert metadata["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-00"
+    with trace.get_tracer("test").start_as_current_span("request"):
+        span = chunk_client._download_span()
+    assert span.is_recording()
+    span.end()
+    assert counting.started == [f"{chunk_client.GRPC_SERVICE}/Download"]
