@@ -56,7 +56,9 @@ ROUTE_MODULES = (routes_auth, routes_multipart, routes_chunks, routes_files, rou
 
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[PG_KEY] = await create_pool(app[CONFIG_KEY].postgres)
+    # The gateway leaves no session state on its connections: releasing one to the pool
+    # need not cost a reset round trip (see create_pool).
+    app[PG_KEY] = await create_pool(app[CONFIG_KEY].postgres, session_reset=False)
     yield
     await app[PG_KEY].close()
 

@@ -24,12 +24,27 @@ async def connect(cfg: PostgresConfig) -> asyncpg.Connection:
         raise MetadataUnavailable(f"PostgreSQL unreachable: {exc}") from exc
 
 
-async def create_pool(cfg: PostgresConfig) -> asyncpg.Pool:
+async def _transaction_state_only(conn: asyncpg.Connection) -> None:
+    """A pool ``reset`` that sends nothing: asyncpg has already rolled back any open
+    transaction (``Connection._reset``) before it calls this. See ``create_pool``."""
+
+
+async def create_pool(cfg: PostgresConfig, *, session_reset: bool = True) -> asyncpg.Pool:
+    """A pool of ``cfg``'s size and timeouts.
+
+    ``session_reset=False`` skips asyncpg's reset statement on every release (advisory
+    unlock, CLOSE ALL, UNLISTEN, RESET ALL: a whole round trip, as many as the queries a
+    small request makes). Only for code that leaves no session state on a pooled
+    connection, as the gateway does: its settings are SET LOCAL / set_config(..., true),
+    its advisory locks transaction-scoped, it never LISTENs nor keeps a cursor outside a
+    transaction (tests/unit/test_db_session_state.py checks the sources for them). An
+    open transaction is still rolled back on release either way."""
+    reset = None if session_reset else _transaction_state_only
     try:
         pool = await asyncpg.create_pool(cfg.dsn, min_size=cfg.pool_min_size,
                                          max_size=cfg.pool_max_size,
                                          timeout=cfg.connect_timeout_s,
-                                         command_timeout=cfg.command_timeout_s)
+                                         command_timeout=cfg.command_timeout_s, reset=reset)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise MetadataUnavailable(f"PostgreSQL unreachable: {exc}") from exc
     assert pool is not None
