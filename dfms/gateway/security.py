@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from dfms.auth.tokens import AccessClaims
 from dfms.gateway.context import PG_KEY, TOKENS_KEY
 from dfms.gateway.errors import forbidden, unauthorized
 from dfms.gateway.tracing import set_user
@@ -33,25 +34,41 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def access_claims(request: web.Request) -> AccessClaims:
+    """The claims of the request's access token (no database): 401 when it has none or
+    it does not verify. Whoever uses them must still ``admit`` the account."""
+    token = bearer_token(request)
+    if token is None:
+        raise unauthorized()
+    # An InvalidToken is answered by the error table: 401 invalid_token.
+    return request.app[TOKENS_KEY].verify_access(token)
+
+
+def admit(request: web.Request, claims: AccessClaims, role: str | None,
+          is_active: bool) -> AuthUser:
+    """The caller, once their account's row was read (``role`` None: there is none).
+
+    A deactivated account loses access at once, not when its token expires: the row is
+    read on every request, by ``authenticate`` or together with what a handler reads."""
+    if role is None or not is_active:
+        raise unauthorized("account is not active", code="invalid_token")
+    user = AuthUser(claims.user_id, role)
+    request[USER_KEY] = user
+    set_user(user.id)
+    return user
+
+
 async def authenticate(request: web.Request) -> AuthUser:
     """The caller, from a valid access token of an active account; 401 otherwise."""
     cached = request.get(USER_KEY)
     if cached is not None:
         return cached
-    token = bearer_token(request)
-    if token is None:
-        raise unauthorized()
-    # An InvalidToken is answered by the error table: 401 invalid_token.
-    claims = request.app[TOKENS_KEY].verify_access(token)
-    # A deactivated account loses access at once, not when its token expires.
+    claims = access_claims(request)
     row = await request.app[PG_KEY].fetchrow(
         "SELECT role, is_active FROM users WHERE id = $1", claims.user_id)
-    if row is None or not row["is_active"]:
-        raise unauthorized("account is not active", code="invalid_token")
-    user = AuthUser(claims.user_id, row["role"])
-    request[USER_KEY] = user
-    set_user(user.id)
-    return user
+    if row is None:
+        return admit(request, claims, None, False)
+    return admit(request, claims, row["role"], row["is_active"])
 
 
 async def require_admin(request: web.Request) -> AuthUser:

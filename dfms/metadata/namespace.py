@@ -196,6 +196,30 @@ async def get_file(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
     return FileRow.of(row) if row else None
 
 
+@dataclass(frozen=True, slots=True)
+class UserFile:
+    """A user's account state and one of their files, read together (see get_user_file)."""
+    exists: bool  # the account
+    role: str | None
+    is_active: bool
+    file: FileRow | None
+
+
+async def get_user_file(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
+                        file_id: uuid.UUID) -> UserFile:
+    """The account of ``owner`` (to authenticate the request) and their file ``file_id``
+    in one round trip: a stat is one statement, not an account lookup and then a file's."""
+    row = await conn.fetchrow(
+        "SELECT u.role AS user_role, u.is_active AS user_active, x.* FROM users u "
+        f"LEFT JOIN LATERAL (SELECT {FILE_COLUMNS} {FILE_FROM} "
+        "WHERE f.id = $1 AND f.owner_id = u.id AND f.deleted_at IS NULL) x ON true "
+        "WHERE u.id = $2", file_id, owner)
+    if row is None:
+        return UserFile(False, None, False, None)
+    file = FileRow.of(row) if row["id"] is not None else None
+    return UserFile(True, row["user_role"], bool(row["user_active"]), file)
+
+
 async def insert_manifest(conn: Connection, size: int, sha256: bytes,
                           entries: list[tuple[bytes, int, int]]) -> uuid.UUID:
     """A manifest and its ordered entries (sha256, offset, size); COPY for big ones."""
@@ -251,7 +275,11 @@ async def list_files(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
                      folder: uuid.UUID | None, *, sort: str, descending: bool, limit: int,
                      offset: int = 0, after: tuple[Any, uuid.UUID] | None = None
                      ) -> tuple[list[FileRow], int]:
-    """One page of a folder's files, by offset or after a keyset cursor; and the total."""
+    """One page of a folder's files, by offset or after a keyset cursor; and the total.
+
+    One statement (one round trip): the count is the outer row, so an empty page still
+    answers it, and the page is joined to it (a page past the end is one row of NULLs).
+    The count ignores the cursor: the total is the folder's, whichever page this is."""
     column = SORT_COLUMNS[sort]
     direction = "DESC" if descending else "ASC"
     args: list[Any] = [owner, folder, limit]
@@ -260,9 +288,14 @@ async def list_files(conn: Connection | asyncpg.Pool, owner: uuid.UUID,
     if after is not None:
         args += list(after)
         keyset = f" AND ({column}, f.id) {'<' if descending else '>'} ($4, $5)"
+    # The outer ORDER BY repeats the page's on its output columns: a join does not
+    # promise to keep its inner side's order.
+    outer = column.split(".", 1)[1]
     rows = await conn.fetch(
-        f"SELECT {FILE_COLUMNS} {FILE_FROM} WHERE {where}{keyset} "
+        f"SELECT t.total, p.* FROM (SELECT count(*) AS total FROM files f WHERE {where}) t "
+        f"LEFT JOIN LATERAL (SELECT {FILE_COLUMNS} {FILE_FROM} WHERE {where}{keyset} "
         f"ORDER BY {column} {direction}, f.id {direction} LIMIT $3 "
-        f"OFFSET {int(offset) if after is None else 0}", *args)
-    total = await conn.fetchval(f"SELECT count(*) FROM files f WHERE {where}", owner, folder)
-    return [FileRow.of(r) for r in rows], int(total)
+        f"OFFSET {int(offset) if after is None else 0}) p ON true "
+        f"ORDER BY p.{outer} {direction}, p.id {direction}", *args)
+    total = int(rows[0]["total"])
+    return [FileRow.of(r) for r in rows if r["id"] is not None], total
