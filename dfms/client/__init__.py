@@ -1,0 +1,82 @@
+"""The DFMS Python SDK: a typed async client for the gateway's HTTP API, and a sync wrapper.
+
+It needs only aiohttp (and ``dfms.chunker`` to cut files as the server does); nothing of
+the server side is imported. ::
+
+    from dfms.client import DfmsClient, NotFound
+
+    async with DfmsClient("http://127.0.0.1:8080") as dfms:
+        await dfms.login("ada@example.com", "correct horse battery staple")
+        put = await dfms.put_chunked("footage.mp4")      # sends only missing chunks
+        print(put.bytes_read, put.bytes_sent, put.chunks_sent, "/", put.chunks_total)
+        await dfms.download(put.file.id, "copy.mp4")    # SHA-256 verified, resumable
+        try:
+            await dfms.stat("00000000-0000-0000-0000-000000000000")
+        except NotFound as e:
+            print(e.status, e.code)                      # 404 not_found
+
+For scripts, ``dfms.client.sync.Client`` has the same methods without ``await``.
+Errors: every failure is a ``DfmsError`` (``status``, ``code``, ``message``,
+``retry_after``); 429/503 and connection failures are retried with backoff, bounded by
+``RetryPolicy``.
+"""
+
+from dfms.client.client import DfmsClient
+from dfms.client.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Conflict,
+    DfmsError,
+    FileChanged,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    QuotaExceeded,
+    RangeNotSatisfiable,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthorized,
+    Unavailable,
+)
+from dfms.client.models import (
+    ChunkerInfo,
+    File,
+    FilePage,
+    Folder,
+    FolderContents,
+    PutResult,
+    Tokens,
+    User,
+)
+from dfms.client.retry import RetryPolicy
+
+__all__ = [
+    "BadRequest",
+    "ChecksumMismatch",
+    "ChunkerInfo",
+    "Conflict",
+    "DfmsClient",
+    "DfmsError",
+    "File",
+    "FileChanged",
+    "FilePage",
+    "Folder",
+    "FolderContents",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "PreconditionFailed",
+    "PutResult",
+    "QuotaExceeded",
+    "RangeNotSatisfiable",
+    "RateLimited",
+    "RetryPolicy",
+    "ServerError",
+    "Tokens",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "User",
+]

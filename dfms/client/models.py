@@ -1,0 +1,148 @@
+"""Typed results: frozen dataclasses built from the API's JSON (schemas in api/openapi.yaml).
+
+Each ``from_json`` reads the fields the spec requires and ignores any others, so a newer
+server adding fields does not break an older client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+def _time(value: Any) -> datetime:
+    # RFC 3339 with an offset; fromisoformat reads "Z" too since Python 3.11.
+    return datetime.fromisoformat(str(value))
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    id: str
+    name: str
+    folder_id: str | None
+    size: int
+    sha256: str
+    mime_type: str
+    version: int
+    chunk_count: int
+    created_at: datetime
+    updated_at: datetime
+    # Only in upload/commit answers: the content was the current version's, nothing added.
+    unchanged: bool = False
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> File:
+        return cls(str(d["id"]), str(d["name"]), _opt_str(d.get("folder_id")), int(d["size"]),
+                   str(d["sha256"]), str(d["mime_type"]), int(d["version"]),
+                   int(d["chunk_count"]), _time(d["created_at"]), _time(d["updated_at"]),
+                   bool(d.get("unchanged", False)))
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    id: str
+    name: str
+    parent_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Folder:
+        return cls(str(d["id"]), str(d["name"]), _opt_str(d.get("parent_id")),
+                   _time(d["created_at"]), _time(d["updated_at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class FilePage:
+    items: tuple[File, ...]
+    total: int
+    next_cursor: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FilePage:
+        return cls(tuple(File.from_json(f) for f in d["items"]), int(d["total"]),
+                   _opt_str(d.get("next_cursor")))
+
+
+@dataclass(frozen=True, slots=True)
+class FolderContents:
+    folder: Folder | None  # None: the root
+    folders: tuple[Folder, ...]
+    files: tuple[File, ...]
+    total_files: int
+    next_cursor: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FolderContents:
+        folder = d.get("folder")
+        return cls(Folder.from_json(folder) if folder else None,
+                   tuple(Folder.from_json(f) for f in d["folders"]),
+                   tuple(File.from_json(f) for f in d["files"]), int(d["total_files"]),
+                   _opt_str(d.get("next_cursor")))
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str
+    display_name: str
+    role: str
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> User:
+        return cls(str(d["id"]), str(d["email"]), str(d["display_name"]), str(d["role"]),
+                   _time(d["created_at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    access_token: str
+    refresh_token: str | None
+    # Seconds the access token lives, as the server said when it was issued.
+    expires_in: float | None = None
+
+    @classmethod
+    def from_session(cls, d: dict[str, Any]) -> Tokens:
+        pair = d.get("tokens") or d
+        return cls(str(pair["access_token"]), _opt_str(pair.get("refresh_token")),
+                   float(pair["expires_in"]) if pair.get("expires_in") else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerInfo:
+    algorithm: str
+    min_size_bytes: int
+    avg_size_bytes: int
+    max_size_bytes: int
+    digest: str
+    missing_max: int
+    commit_max_chunks: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChunkerInfo:
+        return cls(str(d["algorithm"]), int(d["min_size_bytes"]), int(d["avg_size_bytes"]),
+                   int(d["max_size_bytes"]), str(d["digest"]), int(d["missing_max"]),
+                   int(d["commit_max_chunks"]))
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What ``put_chunked`` did: the file, and the figures that show the dedup."""
+
+    file: File
+    bytes_read: int  # the file's size: every byte was read and hashed
+    bytes_sent: int  # chunk (or whole-file) bytes that went over the network
+    chunks_total: int  # chunks in the file's manifest
+    chunks_sent: int  # chunks the server lacked, sent
+    chunked: bool  # False: the client could not cut as the server does; uploaded whole
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Logical bytes per byte sent (inf when nothing was sent)."""
+        return self.bytes_read / self.bytes_sent if self.bytes_sent else float("inf")

@@ -1,0 +1,89 @@
+"""``Client``: the SDK for scripts, without asyncio.
+
+Each ``Client`` runs a ``DfmsClient`` on its own private event loop, so it works where no
+loop runs (and must not be used from inside a running loop: use ``DfmsClient`` there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from dfms.client.client import DfmsClient
+from dfms.client.models import File, Folder, FolderContents, PutResult, Tokens, User
+
+T = TypeVar("T")
+
+
+class Client:
+    """``with Client(url) as c: c.login(...); c.put_chunked("a.bin")``. Takes the same
+    keyword arguments as ``DfmsClient``."""
+
+    def __init__(self, base_url: str, **kw: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = DfmsClient(base_url, **kw)
+        self._run(self._async.__aenter__())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._async.close())
+            self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def aio(self) -> DfmsClient:
+        """The async client underneath (its coroutines run on this object's loop only)."""
+        return self._async
+
+    @property
+    def tokens(self) -> Tokens | None:
+        return self._async.tokens
+
+    def register(self, email: str, password: str, display_name: str) -> User:
+        return self._run(self._async.register(email, password, display_name))
+
+    def login(self, email: str, password: str) -> User:
+        return self._run(self._async.login(email, password))
+
+    def logout(self, *, everywhere: bool = False) -> None:
+        self._run(self._async.logout(everywhere=everywhere))
+
+    def me(self) -> User:
+        return self._run(self._async.me())
+
+    def list_files(self, folder_id: str | None = None) -> list[File]:
+        return self._run(self._async.list_files(folder_id))
+
+    def stat(self, file_id: str) -> File:
+        return self._run(self._async.stat(file_id))
+
+    def delete(self, file_id: str) -> None:
+        self._run(self._async.delete(file_id))
+
+    def create_folder(self, name: str, parent_id: str | None = None) -> Folder:
+        return self._run(self._async.create_folder(name, parent_id))
+
+    def list_folder(self, folder_id: str | None = None) -> FolderContents:
+        return self._run(self._async.list_folder(folder_id))
+
+    def upload(self, path: str | Path, name: str, folder_id: str | None = None) -> File:
+        return self._run(self._async.upload(path, name, folder_id))
+
+    def download(self, file_id: str, dest: str | Path) -> File:
+        return self._run(self._async.download(file_id, dest))
+
+    def put_chunked(self, path: str | Path, name: str | None = None,
+                    folder_id: str | None = None) -> PutResult:
+        return self._run(self._async.put_chunked(path, name, folder_id))
