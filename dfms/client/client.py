@@ -28,10 +28,13 @@ from dfms.client.models import (
     ChunkerInfo,
     File,
     FilePage,
+    FileVersion,
     Folder,
     FolderContents,
     PutResult,
+    StorageUsage,
     Tokens,
+    TrashPage,
     User,
 )
 from dfms.client.retry import RetryPolicy, Sleep, with_retries
@@ -213,6 +216,18 @@ class DfmsClient:
         params = {"per_page": str(per_page), **({"cursor": cursor} if cursor else {})}
         return FolderContents.from_json(await self._json(
             "GET", f"/folders/{folder_id or 'root'}/contents", params=params))
+
+    async def versions(self, file_id: str) -> tuple[FileVersion, ...]:
+        """Every version of a file, newest first."""
+        body = await self._json("GET", f"/files/{file_id}/versions")
+        return tuple(FileVersion.from_json(v) for v in body["items"])
+
+    async def trash_page(self, *, cursor: str | None = None, per_page: int = 100) -> TrashPage:
+        params = {"per_page": str(per_page), **({"cursor": cursor} if cursor else {})}
+        return TrashPage.from_json(await self._json("GET", "/trash", params=params))
+
+    async def usage(self) -> StorageUsage:
+        return StorageUsage.from_json(await self._json("GET", "/storage/usage"))
 
     # --- plain upload and download ------------------------------------------------------
 

@@ -146,3 +146,64 @@ class PutResult:
     def dedup_ratio(self) -> float:
         """Logical bytes per byte sent (inf when nothing was sent)."""
         return self.bytes_read / self.bytes_sent if self.bytes_sent else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    version: int
+    size: int
+    sha256: str
+    mime_type: str
+    chunk_count: int
+    created_at: datetime
+    current: bool
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FileVersion:
+        return cls(int(d["version"]), int(d["size"]), str(d["sha256"]), str(d["mime_type"]),
+                   int(d["chunk_count"]), _time(d["created_at"]), bool(d["current"]))
+
+
+@dataclass(frozen=True, slots=True)
+class TrashItem:
+    id: str
+    type: str  # "file" or "folder"
+    name: str
+    original_path: str
+    original_folder_id: str | None
+    size: int
+    deleted_at: datetime
+    purge_after: datetime
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrashItem:
+        return cls(str(d["id"]), str(d["type"]), str(d["name"]), str(d["original_path"]),
+                   _opt_str(d.get("original_folder_id")), int(d["size"]),
+                   _time(d["deleted_at"]), _time(d["purge_after"]))
+
+
+@dataclass(frozen=True, slots=True)
+class TrashPage:
+    items: tuple[TrashItem, ...]
+    total: int
+    next_cursor: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrashPage:
+        return cls(tuple(TrashItem.from_json(i) for i in d["items"]), int(d["total"]),
+                   _opt_str(d.get("next_cursor")))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageUsage:
+    used_bytes: int
+    quota_bytes: int | None  # None: unlimited
+    file_count: int
+    version_count: int
+    dedup_saved_bytes: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StorageUsage:
+        quota = d.get("quota_bytes")
+        return cls(int(d["used_bytes"]), None if quota is None else int(quota),
+                   int(d["file_count"]), int(d["version_count"]), int(d["dedup_saved_bytes"]))

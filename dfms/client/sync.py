@@ -13,7 +13,17 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from dfms.client.client import DfmsClient
-from dfms.client.models import File, Folder, FolderContents, PutResult, Tokens, User
+from dfms.client.models import (
+    File,
+    FileVersion,
+    Folder,
+    FolderContents,
+    PutResult,
+    StorageUsage,
+    Tokens,
+    TrashPage,
+    User,
+)
 
 T = TypeVar("T")
 
@@ -77,6 +87,15 @@ class Client:
 
     def list_folder(self, folder_id: str | None = None) -> FolderContents:
         return self._run(self._async.list_folder(folder_id))
+
+    def versions(self, file_id: str) -> tuple[FileVersion, ...]:
+        return self._run(self._async.versions(file_id))
+
+    def trash_page(self, *, cursor: str | None = None, per_page: int = 100) -> TrashPage:
+        return self._run(self._async.trash_page(cursor=cursor, per_page=per_page))
+
+    def usage(self) -> StorageUsage:
+        return self._run(self._async.usage())
 
     def upload(self, path: str | Path, name: str, folder_id: str | None = None) -> File:
         return self._run(self._async.upload(path, name, folder_id))

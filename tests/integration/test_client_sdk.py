@@ -158,3 +158,19 @@ def test_the_sync_wrapper(cluster: ClusterHandle, tmp_path: Path) -> None:
         assert [f.name for f in c.list_files()] == ["s.bin"]
         with pytest.raises(NotFound):
             c.stat(str(uuid.uuid4()))
+
+
+async def test_versions_trash_and_usage(sdk: DfmsClient, tmp_path: Path) -> None:
+    src = write(tmp_path, "v.txt", b"one")
+    first = await sdk.upload(src, "v.txt")
+    src.write_bytes(b"two!")
+    second = await sdk.put_chunked(src)
+    assert second.file.id == first.id and second.file.version == 2
+    versions = await sdk.versions(first.id)
+    assert [(v.version, v.size, v.current) for v in versions] == [(2, 4, True), (1, 3, False)]
+    usage = await sdk.usage()
+    assert (usage.file_count, usage.version_count, usage.used_bytes) == (1, 2, 7)
+    await sdk.delete(first.id)
+    trash = await sdk.trash_page()
+    assert [(i.id, i.type, i.name, i.size) for i in trash.items] == [
+        (first.id, "file", "v.txt", 4)]

@@ -17,7 +17,17 @@ from dfms.chunker import make_chunker
 from dfms.client import DfmsClient, errors
 from dfms.client.chunking import build_manifest, local_chunker, read_chunk
 from dfms.client.errors import DfmsError, error_from_response
-from dfms.client.models import ChunkerInfo, File, FilePage, FolderContents, PutResult, Tokens
+from dfms.client.models import (
+    ChunkerInfo,
+    File,
+    FilePage,
+    FileVersion,
+    FolderContents,
+    PutResult,
+    StorageUsage,
+    Tokens,
+    TrashPage,
+)
 from dfms.client.retry import RetryPolicy, with_retries
 
 THIS_FILE = Path(__file__).read_bytes()
@@ -263,3 +273,19 @@ async def test_a_connection_refused_is_a_transport_error_after_bounded_tries() -
         with pytest.raises(errors.TransportError) as e:
             await sdk.stat("f1")
     assert e.value.status == 0 and len(slept) == 2
+
+
+def test_versions_trash_and_usage_json() -> None:
+    v = FileVersion.from_json({"version": 1, "size": 3, "sha256": "ab" * 32, "mime_type": "x",
+                               "chunk_count": 1, "created_at": "2026-12-01T10:00:00Z",
+                               "current": True})
+    assert (v.version, v.current) == (1, True)
+    page = TrashPage.from_json({"items": [{
+        "id": "t1", "type": "file", "name": "a", "original_path": "/", "size": 3,
+        "original_folder_id": None, "deleted_at": "2026-12-01T10:00:00Z",
+        "purge_after": "2026-12-31T10:00:00Z"}], "total": 1, "page": 1, "per_page": 100,
+        "next_cursor": None})
+    assert page.items[0].original_folder_id is None and page.next_cursor is None
+    usage = StorageUsage.from_json({"used_bytes": 7, "quota_bytes": None, "file_count": 1,
+                                    "version_count": 2, "dedup_saved_bytes": 0})
+    assert usage.quota_bytes is None and usage.used_bytes == 7
