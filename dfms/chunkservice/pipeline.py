@@ -210,6 +210,9 @@ async def stream_range(store: ChunkStore, chunks: Sequence[ChunkEntry], start: i
                 fetches.append((asyncio.create_task(store.get(nxt.sha256)), nxt))
             lo = max(start, entry.offset) - entry.offset
             hi = min(end, entry.offset + entry.size) - entry.offset
+            if lo == 0 and hi == len(data) <= frame_size:
+                yield data  # the whole chunk in one frame: no copy
+                continue
             view = memoryview(data)[lo:hi]
             for pos in range(0, len(view), frame_size):
                 yield bytes(view[pos:pos + frame_size])

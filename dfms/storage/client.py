@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import payload
+from aiohttp.abc import AbstractStreamWriter
 from miniopy_async.api import Minio
 from miniopy_async.error import InvalidResponseError, S3Error, ServerError
 from miniopy_async.helpers import DictType
@@ -64,6 +65,24 @@ def chunk_key(sha256_hex: str) -> str:
     return f"{sha256_hex[0:2]}/{sha256_hex[2:4]}/{sha256_hex}"
 
 
+class _WholeBody(payload.Payload):
+    """A replica's bytes handed to the socket in one write: the transport sends what the
+    socket takes and keeps the rest. aiohttp's BytesIO payload sent 64 KiB slices,
+    copying each and yielding to the event loop between them, which cost the client
+    as much CPU per PUT at 1 MiB and 24% more at 4 MiB (300 PUTs to a server that
+    discards them). aiohttp's own bytes payload would do this but warns above 1 MiB."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, content_type="application/octet-stream")
+        self._size = len(data)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await writer.write(self._value)
+
+
 class _Minio(Minio):
     """Minio that signs a PUT with a payload hash the caller already knows.
 
@@ -75,11 +94,10 @@ class _Minio(Minio):
     async def _build_headers(self, host: str, headers: Any, body: Any,
                              creds: Any) -> tuple[dict[str, str], Any]:
         known = dict(headers or {}).get(_SHA_HEADER)
-        if known is None or not creds or not isinstance(body, io.BytesIO):
+        if known is None or not creds or not isinstance(body, _WholeBody):
             return await super()._build_headers(host, headers, body, creds)
         built, date = await super()._build_headers(host, headers, None, creds)
-        with body.getbuffer() as view:
-            built["Content-Length"] = str(view.nbytes - body.tell())
+        built["Content-Length"] = str(body.size)
         built[_SHA_HEADER] = known
         return built, date
 
@@ -120,10 +138,9 @@ class NodeClient:
         headers: DictType = {_SHA_HEADER: sha256_hex or hashlib.sha256(data).hexdigest()}
 
         async def call() -> None:
-            # A BytesIO body is sent in slices with the event loop free between them
-            # (aiohttp warns about raw bytes over 1 MiB); a fresh one per attempt, as
-            # aiohttp closes it once sent.
-            await self._minio._put_object(self.bucket, key, io.BytesIO(data), headers)
+            # A fresh body per attempt: aiohttp closes a payload once sent.
+            await self._minio._put_object(self.bucket, key, _WholeBody(data),  # type: ignore[arg-type]
+                                          headers)
 
         await self._retrying("put", call, retries, sent=len(data))
         S3_BYTES.labels(self.node_id, "out").inc(len(data))
