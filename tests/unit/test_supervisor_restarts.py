@@ -84,7 +84,9 @@ async def test_the_backoff_starts_over_after_a_stable_run() -> None:
 
 async def test_nothing_restarts_once_the_ordered_stop_began() -> None:
     out = io.StringIO()
-    sup = Supervisor(out, backoff=RestartBackoff(first_s=0.5, **NO_JITTER))
+    # A backoff well past the set-up's own delays: on a loaded machine a 0.5 s one ran
+    # out (and "waiting" restarted) before the stop had even begun.
+    sup = Supervisor(out, backoff=RestartBackoff(first_s=2.0, **NO_JITTER))
     waiting = await sup.start(ProcessSpec("waiting", ["sh", "-c", "exit 3"]))
     dying = await sup.start(ProcessSpec("dies-in-stop", ["sh", "-c", "sleep 0.5; exit 3"]))
     # Stopped first (reverse order) and slowly: the others die and would be due
@@ -93,8 +95,8 @@ async def test_nothing_restarts_once_the_ordered_stop_began() -> None:
                                 stop_timeout_s=1.5))
     await wait_for("a restart to be pending", lambda: waiting.state == "restarting")
     await asyncio.sleep(0.1)  # for the trap to be set
-    await sup.stop_all()
-    await asyncio.sleep(0.7)  # past any backoff
+    await sup.stop_all()  # about 1.6 s: "stubborn" ignores TERM until its timeout
+    await asyncio.sleep(1.2)  # past any backoff: "dies-in-stop" would be due at 2.5 s
     for mp in (waiting, dying):
         assert mp.restart_count == 0 and not mp.running, mp.spec.name
     assert sorted(sup.deaths) == [("dies-in-stop", 3), ("waiting", 3)]
