@@ -36,14 +36,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-from bench_chunk_service import bounded
+from bench_chunk_service import Chunked, raw_get, raw_put
 from bench_gateway import register, rss_mib
 from harness import DATA_DIR_HELP, run_on_cluster
 
@@ -52,7 +52,7 @@ from dfms.config import Config, chunker_params
 from dfms.localstack.handle import ClusterHandle, process_cpu_seconds
 from dfms.ring import Ring
 from dfms.ring import store as ring_store
-from dfms.storage import NodeClient, chunk_key
+from dfms.storage import NodeClient
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -164,22 +164,12 @@ async def raw_s3(cluster: ClusterHandle, size: int, pids: dict[str, int]
     ring = Ring(ring_data)
     n = cfg.replication.replicas_n
     parallel = cfg.chunk_service.upload_parallel_chunks
-    chunks = cut(cfg, os.urandom(size))
+    work = Chunked(b"", cut(cfg, os.urandom(size)))
     async with AsyncExitStack() as stack:
         clients = {node["id"]: await stack.enter_async_context(
             NodeClient(node["id"], node["endpoint"], cfg.s3)) for node in cluster.s3_nodes}
-
-        def put(digest: str, piece: bytes) -> Callable[[], Awaitable[object]]:
-            nodes = ring.preference_list(digest, n)
-            return lambda: asyncio.gather(*(clients[node].put(chunk_key(digest), piece, digest)
-                                            for node in nodes))
-
-        def get(digest: str) -> Callable[[], Awaitable[object]]:
-            node = ring.preference_list(digest, 1)[0]
-            return lambda: clients[node].get(chunk_key(digest))
-
-        put_run = await measured(bounded([put(d, p) for d, p in chunks], parallel), pids)
-        get_run = await measured(bounded([get(d) for d, _ in chunks], parallel), pids)
+        put_run = await measured(raw_put(clients, ring, work, n, parallel), pids)
+        get_run = await measured(raw_get(clients, ring, work, parallel), pids)
     return put_run, get_run
 
 
