@@ -626,10 +626,30 @@ def dockerfile_problems(text: str, ignore_text: str) -> Problems:
     roots = set(pyproject["tool"]["setuptools"]["package-dir"].values())
     for root in sorted(roots - copied):
         problems.append(f"Dockerfile: package root {root}/ is not copied into the build")
+    problems += link_target_problems(roots & copied, copied)
     ignored = set(ignore_text.split())
     for local in (".dfms", ".venv", ".git", "deploy/.env", "deploy/certs"):
         if local not in ignored:
             problems.append(f"Dockerfile.dockerignore: {local} would reach the builder")
+    return problems
+
+
+def link_target_problems(roots: set[str], copied: set[str]) -> Problems:
+    """A symlink in a package root (dfms/observability_assets/alerts.yml) whose target the
+    build stage does not copy: setup.py's check_links stops `python -m build` in the image
+    (the wheel test builds from a full clone, where the target is always there)."""
+    problems = []
+    for root in sorted(roots):
+        for link in sorted(p for p in (REPO / root).rglob("*") if p.is_symlink()):
+            target = link.resolve()
+            if not target.is_relative_to(REPO):
+                problems.append(f"Dockerfile: {link.relative_to(REPO)} links outside the "
+                                "repository")
+                continue
+            rel = target.relative_to(REPO)
+            if not any(rel.is_relative_to(c) for c in copied):
+                problems.append(f"Dockerfile: {link.relative_to(REPO)} links to {rel}, which "
+                                "the build stage does not copy (setup.py stops the build)")
     return problems
 
 
@@ -1407,6 +1427,9 @@ MUTATIONS: list[tuple[str, str, Callable[[], Problems], str]] = [
      lambda: _dockerfile_problems_with("COPY dfms/ dfms/", "COPY . ."), "whole work tree"),
     ("dockerfile", "a package root left out",
      lambda: _dockerfile_problems_with("COPY ring/ ring/\n", ""), "package root ring/"),
+    ("dockerfile", "a symlink target left out of the build",
+     lambda: _dockerfile_problems_with("COPY api/ api/\n", ""),
+     "dfms/gateway/openapi.yaml links to api/openapi.yaml, which the build stage does not"),
     ("dockerfile", "another entrypoint",
      lambda: _dockerfile_problems_with('ENTRYPOINT ["dfms"]',
                                        'ENTRYPOINT ["python", "-m", "dfms"]'), "ENTRYPOINT"),
