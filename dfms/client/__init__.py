@@ -15,6 +15,8 @@ the server side is imported. ::
         except NotFound as e:
             print(e.status, e.code)                      # 404 not_found
 
+Remote paths (``/photos/2024/a.jpg``) resolve through folders with
+``dfms.client.resolve(client, path)``; ``make_folders`` is ``mkdir -p``.
 For scripts, ``dfms.client.sync.Client`` has the same methods without ``await``.
 Errors: every failure is a ``DfmsError`` (``status``, ``code``, ``message``,
 ``retry_after``); 429/503 and connection failures are retried with backoff, bounded by
@@ -47,13 +49,19 @@ from dfms.client.models import (
     FileVersion,
     Folder,
     FolderContents,
+    PutProgress,
     PutResult,
+    SearchHit,
+    SearchPage,
+    Share,
+    SharePage,
     StorageUsage,
     Tokens,
     TrashItem,
     TrashPage,
     User,
 )
+from dfms.client.paths import Entry, make_folders, resolve, resolve_folder, split_path
 from dfms.client.retry import RetryPolicy
 
 __all__ = [
@@ -63,6 +71,7 @@ __all__ = [
     "Conflict",
     "DfmsClient",
     "DfmsError",
+    "Entry",
     "File",
     "FileChanged",
     "FilePage",
@@ -73,12 +82,17 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "PutProgress",
     "PutResult",
     "QuotaExceeded",
     "RangeNotSatisfiable",
     "RateLimited",
     "RetryPolicy",
+    "SearchHit",
+    "SearchPage",
     "ServerError",
+    "Share",
+    "SharePage",
     "StorageUsage",
     "Tokens",
     "TransportError",
@@ -87,4 +101,8 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "User",
+    "make_folders",
+    "resolve",
+    "resolve_folder",
+    "split_path",
 ]

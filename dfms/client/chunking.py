@@ -9,6 +9,7 @@ send are read again by offset when they are sent.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def local_chunker(info: ChunkerInfo) -> Chunker | None:
         return None
 
 
-def build_manifest(path: Path, chunker: Chunker, block: int = READ_BLOCK) -> Manifest:
-    """Cut and hash the file at ``path`` (blocking: call it in a thread)."""
+def build_manifest(path: Path, chunker: Chunker, block: int = READ_BLOCK,
+                   on_read: Callable[[int], None] | None = None) -> Manifest:
+    """Cut and hash the file at ``path`` (blocking: call it in a thread). ``on_read`` is
+    told the bytes read so far after each block (for a progress display)."""
     whole = hashlib.sha256()
     chunks: list[ChunkRef] = []
     pending = bytearray()
@@ -57,6 +60,8 @@ def build_manifest(path: Path, chunker: Chunker, block: int = READ_BLOCK) -> Man
             whole.update(data)
             pending += data
             offset = _take_settled(chunker, pending, offset, chunks)
+            if on_read is not None:
+                on_read(offset + len(pending))
     with memoryview(pending) as view:
         for start, length in chunker.cut(view):
             chunks.append(_ref(view, start, length, offset + start))

@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,6 +20,7 @@ from dfms.client.chunking import ChunkRef, Manifest, build_manifest, local_chunk
 from dfms.client.errors import (
     ChecksumMismatch,
     Conflict,
+    QuotaExceeded,
     RangeNotSatisfiable,
     TransportError,
     Unauthorized,
@@ -31,11 +33,17 @@ from dfms.client.models import (
     FileVersion,
     Folder,
     FolderContents,
+    PutProgress,
     PutResult,
+    SearchPage,
+    Share,
+    SharePage,
     StorageUsage,
     Tokens,
+    TrashItem,
     TrashPage,
     User,
+    file_or_folder,
 )
 from dfms.client.retry import RetryPolicy, Sleep, with_retries
 
@@ -49,14 +57,16 @@ class DfmsClient:
 
     Sign in with ``login``/``register``, or pass ``token`` (and ``refresh_token``) from an
     earlier session. The access token is refreshed before it expires when a refresh token
-    is known. Every failure raises a ``dfms.client.errors.DfmsError``.
+    is known; ``on_tokens`` is called with each new pair (a refresh token is single use:
+    whoever stores tokens must store the new one). Every failure raises a
+    ``dfms.client.errors.DfmsError``.
     """
 
     def __init__(self, base_url: str, *, token: str | None = None,
                  refresh_token: str | None = None, retry: RetryPolicy | None = None,
                  parallel: int = 4, timeout_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
-                 ) -> None:
+                 on_tokens: Callable[[Tokens], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._tokens = Tokens(token, refresh_token) if token else None
         self._expires_at: float | None = None
@@ -64,6 +74,7 @@ class DfmsClient:
         self._parallel = max(1, parallel)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock, self._sleep = clock, sleep
+        self._on_tokens = on_tokens
         self._session: aiohttp.ClientSession | None = None
         # One refresh at a time: refresh tokens are single use, and presenting a spent
         # one again revokes the whole family.
@@ -119,6 +130,17 @@ class DfmsClient:
         margin = min(30.0, (tokens.expires_in or 0) / 10)
         self._expires_at = (self._clock() + tokens.expires_in - margin
                             if tokens.expires_in else None)
+        if self._on_tokens is not None:
+            self._on_tokens(tokens)
+
+    async def refresh(self) -> Tokens:
+        """Trade the refresh token for a new pair now (``Unauthorized`` without one)."""
+        stale = self._tokens
+        if stale is None or not stale.refresh_token:
+            raise Unauthorized(0, "no_refresh_token", "no refresh token to refresh with")
+        await self._refresh(stale)
+        assert self._tokens is not None
+        return self._tokens
 
     async def _refresh(self, stale: Tokens | None) -> None:
         async with self._refresh_lock:
@@ -229,14 +251,89 @@ class DfmsClient:
     async def usage(self) -> StorageUsage:
         return StorageUsage.from_json(await self._json("GET", "/storage/usage"))
 
+    async def update_file(self, file_id: str, *, name: str | None = None,
+                          folder_id: str | None = None) -> File:
+        """Rename and/or move a file; ``folder_id="root"`` moves it to the root, None
+        leaves it where it is."""
+        return File.from_json(await self._json(
+            "PATCH", f"/files/{file_id}", json=_changes(name=name, folder_id=folder_id)))
+
+    async def update_folder(self, folder_id: str, *, name: str | None = None,
+                            parent_id: str | None = None) -> Folder:
+        """Rename and/or move a folder; ``parent_id="root"`` moves it to the root."""
+        return Folder.from_json(await self._json(
+            "PATCH", f"/folders/{folder_id}", json=_changes(name=name, parent_id=parent_id)))
+
+    async def delete_folder(self, folder_id: str, *, recursive: bool = False) -> None:
+        """Move a folder to the trash; one that is not empty only with ``recursive``
+        (otherwise 409 ``folder_not_empty``), its contents going along with it."""
+        await self._json("DELETE", f"/folders/{folder_id}",
+                         params={"recursive": "true"} if recursive else {})
+
+    async def iter_trash(self, *, per_page: int = 100) -> AsyncIterator[TrashItem]:
+        """Every item in the trash, most recently deleted first."""
+        cursor: str | None = None
+        while True:
+            page = await self.trash_page(cursor=cursor, per_page=per_page)
+            for item in page.items:
+                yield item
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def restore_trash_item(self, item_id: str, *, rename: bool = False) -> File | Folder:
+        """Put a trashed file or folder back; ``rename`` picks ``name (restored).ext``
+        when its name is taken there (otherwise 409 ``name_taken``)."""
+        params = {"rename": "true"} if rename else {}
+        return file_or_folder(await self._json("POST", f"/trash/{item_id}/restore",
+                                               params=params))
+
+    async def purge_trash_item(self, item_id: str) -> None:
+        await self._json("DELETE", f"/trash/{item_id}")
+
+    async def empty_trash(self) -> None:
+        await self._json("DELETE", "/trash")
+
+    async def restore_version(self, file_id: str, version: int) -> File:
+        """A new current version with that version's content (no bytes copied)."""
+        return File.from_json(await self._json(
+            "POST", f"/files/{file_id}/versions/{version}/restore"))
+
+    async def search(self, q: str, *, type: str | None = None, folder_id: str | None = None,
+                     page: int = 1, per_page: int = 50) -> SearchPage:
+        """The caller's files and folders by name, best first (``type``: file or folder)."""
+        params = {"q": q, "page": str(page), "per_page": str(per_page)}
+        params.update({k: v for k, v in (("type", type), ("folder_id", folder_id)) if v})
+        return SearchPage.from_json(await self._json("GET", "/search", params=params))
+
+    async def create_share(self, file_id: str, *, expires_in_s: int | None = None,
+                           max_downloads: int | None = None,
+                           password: str | None = None) -> Share:
+        """A share link; its ``url`` and ``token`` are shown this once only."""
+        return Share.from_json(await self._json("POST", f"/files/{file_id}/share", json={
+            "expires_in_s": expires_in_s, "max_downloads": max_downloads,
+            "password": password}))
+
+    async def list_shares(self, *, file_id: str | None = None, page: int = 1,
+                          per_page: int = 100) -> SharePage:
+        params = {"page": str(page), "per_page": str(per_page)}
+        if file_id:
+            params["file_id"] = file_id
+        return SharePage.from_json(await self._json("GET", "/shares", params=params))
+
+    async def revoke_share(self, ref: str) -> None:
+        """Revoke a link by its share id (or its token)."""
+        await self._json("DELETE", f"/shares/{quote(ref, safe='')}")
+
     # --- plain upload and download ------------------------------------------------------
 
-    async def upload(self, source: Source, name: str, folder_id: str | None = None) -> File:
+    async def upload(self, source: Source, name: str, folder_id: str | None = None, *,
+                     if_match: str | None = None) -> File:
         """Upload (streamed) from a path or an async iterator of bytes; a new version when
         the folder holds a file of that name. Only a path is retried: an iterator once
-        consumed cannot be sent again."""
+        consumed cannot be sent again. ``if_match``: see ``put_chunked``."""
         headers = {"X-File-Name": quote(name, safe=""),
-                   "Content-Type": "application/octet-stream"}
+                   "Content-Type": "application/octet-stream", **_if_match(if_match)}
         if folder_id:
             headers["X-Folder-Id"] = folder_id
         if isinstance(source, str | Path):
@@ -294,52 +391,71 @@ class DfmsClient:
         return ChunkerInfo.from_json(await self._json("GET", "/chunker"))
 
     async def put_chunked(self, path: str | Path, name: str | None = None,
-                          folder_id: str | None = None) -> PutResult:
+                          folder_id: str | None = None, *, if_match: str | None = None,
+                          progress: PutProgress | None = None) -> PutResult:
         """Upload a file sending only the chunks the server lacks for this caller.
 
         Cuts and hashes the file in a thread with the server's chunker, asks which chunks
         are missing, sends those (``parallel`` in flight), then commits the manifest.
         Re-running after an interruption sends only what did not arrive. Falls back to a
-        plain upload when this client cannot cut as the server does."""
-        path = Path(path)
+        plain upload when this client cannot cut as the server does. ``if_match``: an
+        ETag (``"<sha256>"``, or ``*``) the current file of that name must have, else 412
+        and nothing changes. ``progress`` is updated in place as the put goes."""
+        path, prog = Path(path), progress or PutProgress()
         name = name or path.name
         info = await self.chunker_info()
         chunker = local_chunker(info)
         if chunker is None:
-            return await self._put_whole(path, name, folder_id)
-        manifest = await asyncio.to_thread(build_manifest, path, chunker)
+            return await self._put_whole(path, name, folder_id, if_match, prog)
+        prog.size = await asyncio.to_thread(_size_or_zero, path)
+        manifest = await asyncio.to_thread(build_manifest, path, chunker, on_read=lambda n: (
+            setattr(prog, "bytes_hashed", n)))
+        prog.chunks_total = len(manifest.chunks)
         if len(manifest.chunks) > info.commit_max_chunks:
-            return await self._put_whole(path, name, folder_id)
+            return await self._put_whole(path, name, folder_id, if_match, prog)
         session = str((await self._json("POST", "/chunks/sessions"))["upload_session"])
-        file, sent_chunks, sent_bytes = await self._send_and_commit(
-            path, name, folder_id, manifest, info, session)
-        # Tidy: the committed chunks belong to the file now. A failed put keeps its
-        # session, so that a re-run finds the chunks already sent (they count as ours).
-        await self._json("DELETE", f"/chunks/sessions/{session}")
-        return PutResult(file, manifest.size, sent_bytes, len(manifest.chunks), sent_chunks,
-                         True)
+        try:
+            file = await self._send_and_commit(
+                path, _Commit(name, folder_id, if_match, manifest, session), info, prog)
+        except QuotaExceeded:
+            # No re-run can finish without room: free what this session holds now
+            # rather than when it expires. Other failures keep the session, so that a
+            # re-run finds the chunks already sent (they count as the caller's).
+            await self._end_session(session)
+            raise
+        await self._end_session(session)  # the committed chunks belong to the file now
+        prog.phase = "done"
+        return PutResult(file, manifest.size, prog.bytes_sent, len(manifest.chunks),
+                         prog.chunks_sent, True)
 
-    async def _send_and_commit(self, path: Path, name: str, folder_id: str | None,
-                               manifest: Manifest, info: ChunkerInfo, session: str,
-                               ) -> tuple[File, int, int]:
+    async def _end_session(self, session: str) -> None:
+        await self._json("DELETE", f"/chunks/sessions/{session}")
+
+    async def _send_and_commit(self, path: Path, commit: _Commit, info: ChunkerInfo,
+                               prog: PutProgress) -> File:
         """Send what is missing, commit; once more if the commit still finds chunks
-        missing (a session that expired meanwhile). (file, chunks sent, bytes sent)."""
-        sent_chunks = sent_bytes = 0
+        missing (a session that expired meanwhile)."""
         for round_ in (1, 2):
-            todo = await self._missing(manifest, info.missing_max)
-            sent_chunks += len(todo)
-            sent_bytes += await self._send_chunks(path, todo, session)
+            prog.phase = "asking"
+            todo = await self._missing(commit.manifest, info.missing_max)
+            prog.chunks_missing += len(todo)
+            prog.bytes_to_send += sum(c.size for c in todo)
+            prog.phase = "sending"
+            await self._send_chunks(path, todo, commit.session, prog)
+            prog.phase = "committing"
             try:
-                file = await self._commit(name, folder_id, manifest, session)
+                return await self._commit(commit)
             except Conflict as e:
                 if e.code != "missing_chunks" or round_ == 2:
                     raise
-                continue
-            return file, sent_chunks, sent_bytes
         raise AssertionError("unreachable")
 
-    async def _put_whole(self, path: Path, name: str, folder_id: str | None) -> PutResult:
-        file = await self.upload(path, name, folder_id)
+    async def _put_whole(self, path: Path, name: str, folder_id: str | None,
+                         if_match: str | None, prog: PutProgress) -> PutResult:
+        prog.phase = "sending"
+        file = await self.upload(path, name, folder_id, if_match=if_match)
+        prog.bytes_hashed = prog.bytes_sent = prog.size = file.size
+        prog.phase = "done"
         return PutResult(file, file.size, file.size, file.chunk_count, file.chunk_count, False)
 
     async def _missing(self, manifest: Manifest, batch: int) -> list[ChunkRef]:
@@ -352,22 +468,26 @@ class DfmsClient:
             missing.update(body["missing"])
         return [c for c in unique if c.sha256 in missing]
 
-    async def _send_chunks(self, path: Path, todo: list[ChunkRef], session: str) -> int:
+    async def _send_chunks(self, path: Path, todo: list[ChunkRef], session: str,
+                           prog: PutProgress) -> None:
         """PUT the chunks, ``parallel`` at a time; memory holds at most that many chunks."""
         queue: Iterator[ChunkRef] = iter(todo)
-        sent = 0
 
         async def worker() -> None:
-            nonlocal sent
             for ref in queue:  # workers share the iterator: each chunk is taken once
                 data = await asyncio.to_thread(read_chunk, path, ref)
                 await self._put_chunk(ref.sha256, data, session)
-                sent += len(data)
+                prog.bytes_sent += len(data)
+                prog.chunks_sent += 1
 
-        async with asyncio.TaskGroup() as tasks:
-            for _ in range(min(self._parallel, len(todo))):
-                tasks.create_task(worker())
-        return sent
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for _ in range(min(self._parallel, len(todo))):
+                    tasks.create_task(worker())
+        except ExceptionGroup as group:
+            # The first worker's failure is the put's (the others were cancelled by it,
+            # or failed the same way): callers catch DfmsError, not a group.
+            raise group.exceptions[0] from None
 
     async def _put_chunk(self, sha256: str, data: bytes, session: str) -> None:
         # A fresh BytesIO per try (a retry re-reads it); aiohttp warns on big raw bytes.
@@ -375,15 +495,39 @@ class DfmsClient:
                          headers={"Content-Type": "application/octet-stream"},
                          body=lambda: io.BytesIO(data))
 
-    async def _commit(self, name: str, folder_id: str | None, manifest: Manifest,
-                      session: str) -> File:
+    async def _commit(self, c: _Commit) -> File:
+        m = c.manifest
         return File.from_json(await self._json("POST", "/files/commit", json={
-            "name": name, "folder_id": folder_id, "size": manifest.size,
-            "sha256": manifest.sha256, "upload_session": session,
-            "chunks": [{"sha256": c.sha256, "size": c.size} for c in manifest.chunks]}))
+            "name": c.name, "folder_id": c.folder_id, "size": m.size, "sha256": m.sha256,
+            "upload_session": c.session,
+            "chunks": [{"sha256": r.sha256, "size": r.size} for r in m.chunks]},
+            headers=_if_match(c.if_match)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """What a chunk-level put commits, and under which session."""
+
+    name: str
+    folder_id: str | None
+    if_match: str | None
+    manifest: Manifest
+    session: str
 
 
 _ONCE = RetryPolicy(attempts=1)
+
+
+def _if_match(etag: str | None) -> dict[str, str]:
+    """The If-Match header for an ETag; a bare SHA-256 is quoted as the server's ETags are."""
+    if etag is None:
+        return {}
+    return {"If-Match": etag if etag == "*" or etag.startswith(('"', "W/")) else f'"{etag}"'}
+
+
+def _changes(**fields: str | None) -> dict[str, str]:
+    """A PATCH body: the fields given (None: left out, so it keeps its value)."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> Any:

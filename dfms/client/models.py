@@ -207,3 +207,89 @@ class StorageUsage:
         quota = d.get("quota_bytes")
         return cls(int(d["used_bytes"]), None if quota is None else int(quota),
                    int(d["file_count"]), int(d["version_count"]), int(d["dedup_saved_bytes"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    item: File | Folder
+    score: float
+    path: str  # the folder holding the item, from the root: "/" or "/docs/reports"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SearchHit:
+        item: File | Folder = (Folder.from_json(d) if d.get("type") == "folder"
+                               else File.from_json(d))
+        return cls(item, float(d["score"]), str(d["path"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    items: tuple[SearchHit, ...]
+    total: int
+    page: int
+    per_page: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SearchPage:
+        return cls(tuple(SearchHit.from_json(h) for h in d["items"]), int(d["total"]),
+                   int(d["page"]), int(d["per_page"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    id: str  # the share id, which revoke_share takes; never the token
+    file_id: str
+    file_name: str
+    file_available: bool
+    created_at: datetime
+    expires_at: datetime
+    max_downloads: int | None
+    download_count: int
+    has_password: bool
+    revoked: bool
+    state: str  # active, expired, revoked or exhausted
+    # Only in the answer that created the link: it is never shown again.
+    url: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Share:
+        limit = d.get("max_downloads")
+        return cls(str(d["id"]), str(d["file_id"]), str(d["file_name"]),
+                   bool(d["file_available"]), _time(d["created_at"]), _time(d["expires_at"]),
+                   None if limit is None else int(limit), int(d["download_count"]),
+                   bool(d["has_password"]), bool(d["revoked"]), str(d["state"]),
+                   _opt_str(d.get("url")), _opt_str(d.get("token")))
+
+
+@dataclass(frozen=True, slots=True)
+class SharePage:
+    items: tuple[Share, ...]
+    total: int
+    page: int
+    per_page: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SharePage:
+        return cls(tuple(Share.from_json(s) for s in d["items"]), int(d["total"]),
+                   int(d["page"]), int(d["per_page"]))
+
+
+def file_or_folder(d: dict[str, Any]) -> File | Folder:
+    """A trash restore's answer: the file, or the folder (by its ``type``)."""
+    return Folder.from_json(d) if d.get("type") == "folder" else File.from_json(d)
+
+
+@dataclass(slots=True)
+class PutProgress:
+    """Live figures of one ``put_chunked``, updated in place as it goes (read them from a
+    display timer; the SDK only assigns ints, so a reader never sees a torn value)."""
+
+    size: int = 0  # the file's size, known before hashing starts
+    bytes_hashed: int = 0
+    chunks_total: int = 0
+    chunks_missing: int = 0  # of the unique chunks, those the server asked for
+    bytes_to_send: int = 0
+    bytes_sent: int = 0
+    chunks_sent: int = 0
+    phase: str = "hashing"  # hashing, asking, sending, committing, done

@@ -18,7 +18,11 @@ from dfms.client.models import (
     FileVersion,
     Folder,
     FolderContents,
+    PutProgress,
     PutResult,
+    SearchPage,
+    Share,
+    SharePage,
     StorageUsage,
     Tokens,
     TrashPage,
@@ -104,5 +108,49 @@ class Client:
         return self._run(self._async.download(file_id, dest))
 
     def put_chunked(self, path: str | Path, name: str | None = None,
-                    folder_id: str | None = None) -> PutResult:
-        return self._run(self._async.put_chunked(path, name, folder_id))
+                    folder_id: str | None = None, *, if_match: str | None = None,
+                    progress: PutProgress | None = None) -> PutResult:
+        return self._run(self._async.put_chunked(path, name, folder_id, if_match=if_match,
+                                                  progress=progress))
+
+    def update_file(self, file_id: str, *, name: str | None = None,
+                    folder_id: str | None = None) -> File:
+        return self._run(self._async.update_file(file_id, name=name, folder_id=folder_id))
+
+    def update_folder(self, folder_id: str, *, name: str | None = None,
+                      parent_id: str | None = None) -> Folder:
+        return self._run(self._async.update_folder(folder_id, name=name, parent_id=parent_id))
+
+    def delete_folder(self, folder_id: str, *, recursive: bool = False) -> None:
+        self._run(self._async.delete_folder(folder_id, recursive=recursive))
+
+    def restore_trash_item(self, item_id: str, *, rename: bool = False) -> File | Folder:
+        return self._run(self._async.restore_trash_item(item_id, rename=rename))
+
+    def purge_trash_item(self, item_id: str) -> None:
+        self._run(self._async.purge_trash_item(item_id))
+
+    def empty_trash(self) -> None:
+        self._run(self._async.empty_trash())
+
+    def restore_version(self, file_id: str, version: int) -> File:
+        return self._run(self._async.restore_version(file_id, version))
+
+    def search(self, q: str, *, type: str | None = None, folder_id: str | None = None,
+               page: int = 1, per_page: int = 50) -> SearchPage:
+        return self._run(self._async.search(q, type=type, folder_id=folder_id, page=page,
+                                            per_page=per_page))
+
+    def create_share(self, file_id: str, *, expires_in_s: int | None = None,
+                     max_downloads: int | None = None, password: str | None = None) -> Share:
+        return self._run(self._async.create_share(
+            file_id, expires_in_s=expires_in_s, max_downloads=max_downloads,
+            password=password))
+
+    def list_shares(self, *, file_id: str | None = None, page: int = 1,
+                    per_page: int = 100) -> SharePage:
+        return self._run(self._async.list_shares(file_id=file_id, page=page,
+                                                 per_page=per_page))
+
+    def revoke_share(self, ref: str) -> None:
+        self._run(self._async.revoke_share(ref))

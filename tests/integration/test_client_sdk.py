@@ -11,7 +11,18 @@ from typing import Any
 
 import pytest
 
-from dfms.client import Conflict, DfmsClient, NotFound, Unauthorized
+from dfms.client import (
+    Conflict,
+    DfmsClient,
+    Folder,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+    Unauthorized,
+    make_folders,
+    resolve,
+    resolve_folder,
+)
 from dfms.client.sync import Client
 from tests.support.api import PASSWORD, ApiUser
 from tests.support.cluster import ClusterHandle
@@ -174,3 +185,75 @@ async def test_versions_trash_and_usage(sdk: DfmsClient, tmp_path: Path) -> None
     trash = await sdk.trash_page()
     assert [(i.id, i.type, i.name, i.size) for i in trash.items] == [
         (first.id, "file", "v.txt", 4)]
+
+
+async def test_paths_resolve_and_mkdir_p(sdk: DfmsClient, tmp_path: Path) -> None:
+    folder_id = await make_folders(sdk, "/photos/2024")
+    assert folder_id and await make_folders(sdk, "photos/2024/") == folder_id  # idempotent
+    put = await sdk.put_chunked(write(tmp_path, "a.jpg", b"jpeg"), folder_id=folder_id)
+    entry = await resolve(sdk, "/photos/2024/a.jpg")
+    assert entry.file is not None and entry.file.id == put.file.id
+    assert entry.folder_id == folder_id and entry.path == "/photos/2024/a.jpg"
+    assert (await resolve(sdk, "/")).folder is None
+    assert await resolve_folder(sdk, "/photos/2024") == folder_id
+    with pytest.raises(NotFound, match="/photos/2025"):
+        await resolve(sdk, "/photos/2025/a.jpg")
+    with pytest.raises(NotFound, match="not a folder"):
+        await resolve(sdk, "/photos/2024/a.jpg/x")
+    with pytest.raises(Conflict):
+        await make_folders(sdk, "/photos/2024/a.jpg/deeper")
+
+
+async def test_rename_move_trash_restore_and_purge(sdk: DfmsClient, tmp_path: Path) -> None:
+    docs = await sdk.create_folder("docs")
+    old = await sdk.create_folder("old")
+    file = (await sdk.put_chunked(write(tmp_path, "r.txt", b"report"))).file
+    moved = await sdk.update_file(file.id, name="report.txt", folder_id=docs.id)
+    assert (moved.name, moved.folder_id) == ("report.txt", docs.id)
+    assert (await sdk.update_file(file.id, folder_id="root")).folder_id is None
+    sub = await sdk.update_folder(old.id, name="archive", parent_id=docs.id)
+    assert (sub.name, sub.parent_id) == ("archive", docs.id)
+    await sdk.delete(file.id)
+    await sdk.delete_folder(docs.id, recursive=True)
+    trash = [i async for i in sdk.iter_trash()]
+    assert [(i.type, i.name) for i in trash] == [("folder", "docs"), ("file", "report.txt")]
+    back = await sdk.restore_trash_item(docs.id)
+    assert isinstance(back, Folder) and back.name == "docs"
+    assert (await resolve(sdk, "/docs/archive")).folder_id == old.id
+    await sdk.purge_trash_item(file.id)
+    assert [i async for i in sdk.iter_trash()] == []
+    with pytest.raises(NotFound):
+        await sdk.stat(file.id)
+
+
+async def test_version_restore_if_match_search_and_shares(sdk: DfmsClient,
+                                                          tmp_path: Path) -> None:
+    src = write(tmp_path, "quarterly_report.txt", b"v1")
+    v1 = (await sdk.put_chunked(src)).file
+    src.write_bytes(b"v2")
+    with pytest.raises(PreconditionFailed):
+        await sdk.put_chunked(src, if_match="00" * 32)
+    v2 = (await sdk.put_chunked(src, if_match=v1.sha256)).file
+    assert v2.version == 2
+    back = await sdk.restore_version(v1.id, 1)
+    assert (back.version, back.sha256) == (3, v1.sha256)
+    hits = await sdk.search("quarterly")
+    assert [(h.item.id, h.path) for h in hits.items] == [(v1.id, "/")]
+    share = await sdk.create_share(v1.id, max_downloads=2)
+    assert share.token and share.url and share.url.endswith(share.token)
+    listed = await sdk.list_shares(file_id=v1.id)
+    assert [(s.id, s.state, s.token) for s in listed.items] == [(share.id, "active", None)]
+    await sdk.revoke_share(share.id)
+    assert (await sdk.list_shares()).items[0].state == "revoked"
+
+
+async def test_quota_exceeded_mid_put_frees_its_session(
+        sdk: DfmsClient, user: ApiUser, db: Any, tmp_path: Path) -> None:
+    await db.execute("UPDATE users SET quota_bytes = $2 WHERE id = $1", uuid.UUID(user.id),
+                     8 * MIB)
+    with pytest.raises(QuotaExceeded):
+        await sdk.put_chunked(write(tmp_path, "big.bin", os.urandom(12 * MIB)))
+    assert await sdk.list_files() == []
+    # The failed put's chunks no longer hold the quota: 6 MiB more fit.
+    put = await sdk.put_chunked(write(tmp_path, "fits.bin", os.urandom(6 * MIB)))
+    assert put.file.size == 6 * MIB

@@ -22,12 +22,18 @@ from dfms.client.models import (
     File,
     FilePage,
     FileVersion,
+    Folder,
     FolderContents,
     PutResult,
+    SearchPage,
+    Share,
+    SharePage,
     StorageUsage,
     Tokens,
     TrashPage,
+    file_or_folder,
 )
+from dfms.client.paths import split_path
 from dfms.client.retry import RetryPolicy, with_retries
 
 THIS_FILE = Path(__file__).read_bytes()
@@ -289,3 +295,56 @@ def test_versions_trash_and_usage_json() -> None:
     usage = StorageUsage.from_json({"used_bytes": 7, "quota_bytes": None, "file_count": 1,
                                     "version_count": 2, "dedup_saved_bytes": 0})
     assert usage.quota_bytes is None and usage.used_bytes == 7
+
+
+def test_search_shares_and_restored_items_json() -> None:
+    hits = SearchPage.from_json({"items": [
+        {**FILE_JSON, "type": "file", "score": 3.5, "path": "/docs"},
+        {**FOLDER_JSON, "type": "folder", "score": 1, "path": "/"}],
+        "total": 2, "page": 1, "per_page": 50})
+    assert [(type(h.item).__name__, h.score, h.path) for h in hits.items] == [
+        ("File", 3.5, "/docs"), ("Folder", 1.0, "/")]
+    share = {"id": "s1", "file_id": "f1", "file_name": "a", "file_available": True,
+             "created_at": "2026-12-01T10:00:00Z", "expires_at": "2026-12-08T10:00:00Z",
+             "max_downloads": None, "download_count": 0, "has_password": False,
+             "revoked": False, "revoked_at": None, "state": "active"}
+    listed = SharePage.from_json({"items": [share], "total": 1, "page": 1, "per_page": 100})
+    assert listed.items[0].token is None and listed.items[0].max_downloads is None
+    made = Share.from_json({**share, "url": "http://h/s/t", "token": "t" * 43,
+                            "max_downloads": 3})
+    assert (made.url, made.max_downloads) == ("http://h/s/t", 3)
+    assert isinstance(file_or_folder({**FOLDER_JSON, "type": "folder", "folder_id": None}),
+                      Folder)
+    assert isinstance(file_or_folder({**FILE_JSON, "type": "file"}), File)
+
+
+@pytest.mark.parametrize(("path", "parts"), [
+    ("/", []), ("", []), ("/photos/2024/a.jpg", ["photos", "2024", "a.jpg"]),
+    ("photos//./2024/", ["photos", "2024"]), ("/ a b /", ["a b"]),
+    # NFD typed (as macOS file names are) finds the NFC name the server stores.
+    ("/cafe\u0301", ["caf\u00e9"]),
+])
+def test_split_path(path: str, parts: list[str]) -> None:
+    assert split_path(path) == parts
+
+
+def test_split_path_refuses_dot_dot() -> None:
+    with pytest.raises(errors.BadRequest) as e:
+        split_path("/a/../b")
+    assert e.value.code == "invalid_path"
+
+
+def test_if_match_quotes_a_bare_digest() -> None:
+    from dfms.client.client import _if_match
+    assert _if_match(None) == {}
+    assert _if_match("ab" * 32) == {"If-Match": f'"{"ab" * 32}"'}
+    assert _if_match('"x"') == {"If-Match": '"x"'} and _if_match("*") == {"If-Match": "*"}
+
+
+def test_manifest_reports_bytes_read(tmp_path: Path) -> None:
+    src = tmp_path / "p.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    seen: list[int] = []
+    build_manifest(src, make_chunker("fastcdc", 256 * 1024, 1024 * 1024, 4 * 1024 * 1024),
+                   block=1024 * 1024, on_read=seen.append)
+    assert seen == [1024 * 1024, 2 * 1024 * 1024, 3 * 1024 * 1024, 3 * 1024 * 1024 + 5]
