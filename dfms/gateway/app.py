@@ -32,6 +32,7 @@ from dfms.gateway import (
     routes_storage,
     routes_trash,
     routes_versions,
+    routes_web,
     shedding,
     tracing,
 )
@@ -52,7 +53,7 @@ from dfms.runtime.telemetry import tracing_active
 # Each module owns its paths; every one of them must be in api/openapi.yaml.
 ROUTE_MODULES = (routes_auth, routes_multipart, routes_chunks, routes_files, routes_versions,
                  routes_folders, routes_trash, routes_storage, routes_search, routes_shares,
-                 routes_admin, routes_gc, routes_openapi)
+                 routes_admin, routes_gc, routes_openapi, routes_web)
 
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
