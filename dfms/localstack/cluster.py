@@ -28,7 +28,7 @@ from dfms.config import Config, dump_yaml, load_config, mask_url
 from dfms.errors import ClusterLockedError, StackError
 from dfms.events.topics import ensure_topics
 from dfms.keys import ensure_keys
-from dfms.localstack import observability, servers
+from dfms.localstack import binaries, observability, servers
 from dfms.localstack.control import build_control_app
 from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
 from dfms.localstack.records import ProcessRecord, Recorded, start_ticks, write_private
@@ -168,8 +168,8 @@ class LocalCluster:
             if self._phoenix is None:
                 print(observability.PHOENIX_HINT, file=self.out, flush=True)
         pg_user = servers.pg_system_user()
-        if pg_user:  # before anything is made: the database must be able to reach its dir
-            servers.check_traversable(self.data_dir, pg_user)
+        if pg_user:  # before anything is made: the database must reach its dir and programs
+            servers.check_postgres_access(self.data_dir, binaries.postgres_bin_dir(), pg_user)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.first_start = not (self.data_dir / SECRETS_FILE).exists()
         self._lock()

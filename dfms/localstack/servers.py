@@ -57,24 +57,49 @@ def _can_traverse(st: os.stat_result, uid: int, gids: set[int]) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
+def _closed_on_the_way(path: Path, user: str) -> Path | None:
+    """The first existing directory on the way to ``path`` that ``user`` cannot search."""
+    entry = pwd.getpwnam(user)
+    gids = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    for directory in (path, *path.parents):
+        if directory.exists() and not _can_traverse(directory.stat(), entry.pw_uid, gids):
+            return directory  # a missing one is created later, by us, searchable
+    return None
+
+
+def _mode(directory: Path) -> str:
+    return stat.filemode(directory.stat().st_mode)
+
+
 def check_traversable(data_dir: Path, user: str) -> None:
     """Fail, naming the directory and the fix, if ``user`` cannot reach ``data_dir``.
 
     DFMS never changes the permissions of directories it did not create: a parent
     that is private to root (``mktemp -d`` makes 0700 ones) is the user's to open.
     """
-    entry = pwd.getpwnam(user)
-    gids = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
-    for directory in (data_dir, *data_dir.parents):
-        if not directory.exists():  # created later, by us, searchable
-            continue
-        if not _can_traverse(directory.stat(), entry.pw_uid, gids):
-            raise StackError(
-                f"PostgreSQL runs as the system user {user!r} (it refuses to run as root) "
-                f"and cannot reach {data_dir}: {directory} is not searchable by that user "
-                f"(mode {stat.filemode(directory.stat().st_mode)}). Either allow it with "
-                f"`chmod o+x {directory}`, or choose a --data-dir that every user can reach "
-                f"(e.g. under /srv or /var/lib)")
+    directory = _closed_on_the_way(data_dir, user)
+    if directory is not None:
+        raise StackError(
+            f"PostgreSQL runs as the system user {user!r} (it refuses to run as root) "
+            f"and cannot reach {data_dir}: {directory} is not searchable by that user "
+            f"(mode {_mode(directory)}). Either allow it with "
+            f"`chmod o+x {directory}`, or choose a --data-dir that every user can reach "
+            f"(e.g. under /srv or /var/lib)")
+
+
+def check_postgres_access(data_dir: Path, bin_dir: Path, user: str) -> None:
+    """Before anything is made: ``user`` must reach the data dir and run the programs in
+    ``bin_dir``, which the `stack` extra installed inside the virtualenv (one under
+    root's 0700 home ended in a PermissionError from initdb, half-way through a start)."""
+    check_traversable(data_dir, user)
+    directory = _closed_on_the_way(bin_dir, user)
+    if directory is not None:
+        raise StackError(
+            f"PostgreSQL runs as the system user {user!r} (it refuses to run as root) "
+            f"and cannot run its programs in {bin_dir}: {directory} is not searchable by "
+            f"that user (mode {_mode(directory)}). Either allow it with "
+            f"`chmod o+x {directory}`, or install DFMS into a virtualenv every user can "
+            f"reach (e.g. under /opt)")
 
 
 def _chown(path: Path, user: str) -> None:
