@@ -309,26 +309,72 @@ def _print_processes(listing: dict[str, dict[str, Any]]) -> None:
     print(f"{'NAME':<20} {'STATE':<12} {'PID':>7}  {'RSS':>8}  {'UPTIME':>8}  "
           f"{'RESTARTS':>8}  LISTENS ON")
     for name, p in listing.items():
-        print(f"{name:<20} {p['state']:<12} {p['pid'] or '-':>7}  "
+        # The control API keeps the pid of a process that is no longer running.
+        pid = p["pid"] if p["running"] and p["pid"] else "-"
+        print(f"{name:<20} {p['state']:<12} {pid:>7}  "
               f"{_human_bytes(p['rss_bytes']):>8}  {_human_seconds(p['uptime_s']):>8}  "
               f"{p['restarts']:>8}  {p['endpoint'] or '-'}")
 
 
 # What `dfms cluster ACTION NAME` printed when it worked; exit code 0.
-_DONE = {"stop": "stopped {name} (exit code {exit_code})",
-         "kill": "killed {name} (SIGKILL; exit code {exit_code})",
+_DONE = {"stop": "stopped {name} (exit code {exit_code}); it stays down until "
+                 "`dfms cluster start {name}`",
+         "kill": "killed {name} with SIGKILL; it stays down until `dfms cluster start {name}`",
          "start": "started {name} (pid {pid}); it is ready"}
+# Nothing to do (exit code 0 too). Without this the control API's answer read as if
+# something had happened: the exit code of an earlier stop ("killed node-2" of a node
+# already down), or "started" for a process that never stopped.
+_IDLE = {"stop": "{name} was not running ({state}): nothing to stop; it stays down until "
+                 "`dfms cluster start {name}`",
+         "kill": "{name} was not running ({state}): nothing to kill; it stays down until "
+                 "`dfms cluster start {name}`",
+         "start": "{name} is already running (pid {pid})"}
 
 
 async def _cluster(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from dfms.localstack.cluster import STALE, read_cluster_file
     from dfms.localstack.control import TOKEN_HEADER
+
+    control = _control_endpoint(args)
+    headers = {TOKEN_HEADER: control["token"]}
+    if args.action != "ps" and not args.name:
+        raise DfmsError(f"`dfms cluster {args.action}` needs a process name "
+                        "(see `dfms cluster ps`)")
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{control['url']}/processes") as resp:
+                listing = await resp.json()
+            if args.action == "ps":
+                _print_processes(listing)
+                return 0
+            known = listing.get(args.name)
+            idle = known is not None and known["running"] == (args.action == "start")
+            # A process waiting out a restart is not running, but the call still
+            # cancels that restart; one stopped on purpose has nothing to undo.
+            if not (idle and known["state"] in ("running", "stopped")):
+                async with http.post(f"{control['url']}/processes/{args.name}/"
+                                     f"{args.action}") as resp:
+                    body = await resp.json()
+    except aiohttp.ClientConnectionError as exc:
+        raise DfmsError(f"the `dfms up` of {_data_dir(args)} does not answer ({exc}); "
+                        "is it still running?") from exc
+    if idle:
+        print(_IDLE[args.action].format(name=args.name, **known))
+        return 0
+    if resp.status != 200:
+        raise DfmsError(f"could not {args.action} {args.name}: {body.get('error')}")
+    print(_DONE[args.action].format(**{**body, "name": args.name}))
+    return 0
+
+
+def _control_endpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """The control API of the running `dfms up` of the data dir, or why there is none."""
+    from dfms.localstack.cluster import STALE, read_cluster_file
     from dfms.localstack.records import ProcessRecord
 
     info = read_cluster_file(_data_dir(args))
-    control = info.get("control") or {}
+    control: dict[str, Any] = info.get("control") or {}
     if info.get("state") == STALE:
         left = ", ".join(f"{r.name} (pid {r.pid})"
                          for r in ProcessRecord(_data_dir(args)).survivors()) or "none"
@@ -337,26 +383,7 @@ async def _cluster(args: argparse.Namespace) -> int:
                         f"Processes of it still running: {left}")
     if info.get("state") != "ready" or not control:
         raise DfmsError(f"no running cluster in {_data_dir(args)} (start it with `dfms up`)")
-    headers = {TOKEN_HEADER: control["token"]}
-    try:
-        async with aiohttp.ClientSession(headers=headers) as http:
-            if args.action == "ps":
-                async with http.get(f"{control['url']}/processes") as resp:
-                    _print_processes(await resp.json())
-                return 0
-            if not args.name:
-                raise DfmsError(f"`dfms cluster {args.action}` needs a process name "
-                                "(see `dfms cluster ps`)")
-            async with http.post(f"{control['url']}/processes/{args.name}/{args.action}"
-                                 ) as resp:
-                body = await resp.json()
-    except aiohttp.ClientConnectionError as exc:
-        raise DfmsError(f"the `dfms up` of {_data_dir(args)} does not answer ({exc}); "
-                        "is it still running?") from exc
-    if resp.status != 200:
-        raise DfmsError(f"could not {args.action} {args.name}: {body.get('error')}")
-    print(_DONE[args.action].format(**{**body, "name": args.name}))
-    return 0
+    return control
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
