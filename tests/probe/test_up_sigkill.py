@@ -53,9 +53,18 @@ def processes_of(data_dir: Path) -> dict[int, str]:
 
 def wait_gone(data_dir: Path, timeout_s: float) -> dict[int, str]:
     deadline = time.monotonic() + timeout_s
+    last: dict[int, str] = {}
     while (left := processes_of(data_dir)) and time.monotonic() < deadline:
+        last = left
         time.sleep(0.1)
+    # The process that went last sets the time measured (pytest -s shows it).
+    print(f"  last to go: {sorted(last_names(last))}")
     return left
+
+
+def last_names(procs: dict[int, str]) -> set[str]:
+    """A recorded name as is; a command line by its program's name."""
+    return {cmd.split(" ", 1)[0].rsplit("/", 1)[-1] for cmd in procs.values()}
 
 
 @pytest.fixture
@@ -76,10 +85,12 @@ def test_sigkill_of_up_at_random_moments_leaves_nothing_behind(cluster_dir: Path
         assert handle.proc is not None
         children = set(handle.pids())
         time.sleep(rng.uniform(0.0, 4.0))
+        killed_at = time.monotonic()
         handle.proc.send_signal(signal.SIGKILL)
         handle.proc.wait()
         assert read_cluster_file(cluster_dir)["state"] == STALE
         left = wait_gone(cluster_dir, GONE_WITHIN_S)
+        print(f"kill {attempt + 1}: gone after {time.monotonic() - killed_at:.2f} s")
         assert left == {}, f"kill {attempt + 1}: still running after {GONE_WITHIN_S}s: {left}"
         assert children and not any(record_for("x", pid) for pid in children)
 
