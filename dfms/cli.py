@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dfms import __version__
+from dfms.client.cli import add_user_commands
 from dfms.config import ENV_PREFIX, Config, dump_yaml, load_config, markdown_table, sample_yaml
 from dfms.errors import (
     ConfigError,
@@ -689,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(add)
     _add_services(add)
     _add_tools(add)
+    add_user_commands(add)  # login, put, get, ls, ...: the SDK's user commands
     return parser
 
 

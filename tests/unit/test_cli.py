@@ -32,6 +32,11 @@ COMMANDS = [
     ["config", "show"], ["admin", "create-user", "--email", "a@example.com"],
     ["nodes", "register", "node-9", "--endpoint", "http://h:9000", "--zone", "z"],
     ["nodes", "list"], ["keys", "generate", "--if-missing"],
+    # The user commands (dfms/client/cli.py) accept the options too (they ignore them).
+    ["login"], ["logout"], ["whoami"], ["usage"], ["put", "a.bin"], ["get", "/a", "a"],
+    ["ls"], ["mv", "/a", "/b"], ["rm", "/a"], ["versions", "/a"], ["restore", "/a", "1"],
+    ["search", "a"], ["trash", "ls"], ["trash", "restore", "x"], ["trash", "purge"],
+    ["share", "create", "/a"], ["share", "ls"], ["share", "revoke", "x"],
 ]
 
 
