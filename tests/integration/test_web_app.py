@@ -155,6 +155,12 @@ def test_upload_by_picker_and_drop_then_download(browser: Any, base_url: str,
         expect_row(page, "two notes.txt", "2.1 KiB")
         expect_row(page, "dropped.txt", "22 B")
         assert len(page.locator(".upload.done").all()) == 3
+        # Search as you type: results without pressing Enter.
+        page.get_by_label("Search files and folders").press_sequentially("note", delay=50)
+        page.wait_for_url(re.compile(r"/app/search\?q=note"))
+        best = page.locator("#search-results tr[data-name]").first
+        sync_api.expect(best).to_have_attribute("data-name", "two notes.txt")
+        page.get_by_role("link", name="My files").click()
         body = download(page, "one.bin")
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(one.read_bytes()).hexdigest()
 
@@ -173,11 +179,11 @@ def test_folder_move_rename_delete_restore(browser: Any, base_url: str,
         # Move: pick the target folder in the picker.
         item_action(page, "plan.txt", "Move…")
         dialog = page.get_by_role("dialog")
-        dialog.get_by_role("button", name="📁 Projects").click()
+        dialog.get_by_role("button", name="Projects", exact=True).click()
         sync_api.expect(dialog).to_contain_text("In: Projects")
         dialog.get_by_role("button", name="Move here").click()
         row(page, "plan.txt").wait_for(state="detached")
-        page.get_by_role("link", name="📁 Projects").click()
+        page.locator("#file-list").get_by_role("link", name="Projects", exact=True).click()
         page.get_by_role("heading", name="Projects").wait_for()
         sync_api.expect(page.get_by_role("navigation", name="Breadcrumb")).to_contain_text(
             "My files")
@@ -197,7 +203,7 @@ def test_folder_move_rename_delete_restore(browser: Any, base_url: str,
         page.get_by_role("button", name="Restore plan-v2.txt").click()
         trash_row.wait_for(state="detached")
         page.get_by_role("link", name="My files").click()
-        page.get_by_role("link", name="📁 Projects").click()
+        page.locator("#file-list").get_by_role("link", name="Projects", exact=True).click()
         expect_row(page, "plan-v2.txt", "5 B")
 
 
@@ -309,3 +315,68 @@ def test_an_upload_in_one_window_appears_in_another(browser: Any, base_url: str,
         expect_row(page, "live.txt", "5 B")
         row(other, "live.txt").wait_for(timeout=5000)
         sync_api.expect(other.locator("#toasts")).to_contain_text("“live.txt” was uploaded")
+
+
+def test_multi_select_move_and_delete(browser: Any, base_url: str, tmp_path: Path) -> None:
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        sign_up(page)
+        names = ["a.txt", "b.txt", "c.txt"]
+        page.set_input_files("#upload-input", [str(write(tmp_path, n, n.encode())) for n in names])
+        for name in names:
+            expect_row(page, name, "5 B")
+        page.get_by_role("button", name="New folder").click()
+        page.get_by_label("Folder name").fill("Archive")
+        page.get_by_role("button", name="Create", exact=True).click()
+        expect_row(page, "Archive")
+        page.get_by_label("Select a.txt").check()
+        page.get_by_label("Select b.txt").check()
+        sync_api.expect(page.locator(".toolbar")).to_contain_text("2 selected")
+        page.get_by_role("button", name="Move…").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("button", name="Archive", exact=True).click()
+        sync_api.expect(dialog).to_contain_text("In: Archive")
+        dialog.get_by_role("button", name="Move here").click()
+        row(page, "a.txt").wait_for(state="detached")
+        row(page, "b.txt").wait_for(state="detached")
+        page.locator("#file-list").get_by_role("link", name="Archive", exact=True).click()
+        page.get_by_role("heading", name="Archive").wait_for()
+        expect_row(page, "a.txt")
+        page.get_by_label("Select all").check()
+        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name="Move to trash").click()
+        sync_api.expect(page.locator("#dropzone")).to_contain_text("Nothing here yet")
+        page.get_by_role("link", name="Trash").click()
+        sync_api.expect(page.locator("#trash-list tbody tr")).to_have_count(2)
+
+
+def test_a_session_that_cannot_be_refreshed_signs_in_again_over_the_page(
+        browser: Any, base_url: str, tmp_path: Path) -> None:
+    """Both tokens spoilt (as when the refresh token expired or was revoked): the next
+    call asks for the password over the page, then goes on where it was."""
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        email = sign_up(page)
+        page.get_by_role("button", name="New folder").click()
+        page.get_by_label("Folder name").fill("Inbox")
+        page.get_by_role("button", name="Create", exact=True).click()
+        page.locator("#file-list").get_by_role("link", name="Inbox", exact=True).click()
+        page.get_by_role("heading", name="Inbox").wait_for()
+        # Another tab of the same browser stores spoilt tokens; this one sees the change.
+        spoiler = page.context.new_page()
+        spoiler.goto("/app/signin?probe")
+        spoiler.evaluate("""() => {
+            const s = JSON.parse(localStorage.getItem("dfms.session"));
+            localStorage.setItem("dfms.session", JSON.stringify(
+                {...s, access: "spoilt", refresh: "spoilt", accessExp: 0}));
+        }""")
+        spoiler.close()
+        page.get_by_role("button", name="New folder").click()
+        page.get_by_label("Folder name").fill("Later")
+        page.get_by_role("button", name="Create", exact=True).click()
+        relogin = page.get_by_role("dialog", name="Your session has ended")
+        sync_api.expect(relogin.get_by_label("Email")).to_have_value(email)
+        relogin.get_by_label("Password").fill(PASSWORD)
+        relogin.get_by_role("button", name="Sign in").click()
+        expect_row(page, "Later")
+        sync_api.expect(page.get_by_role("heading", name="Inbox")).to_be_visible()

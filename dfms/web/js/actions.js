@@ -50,12 +50,12 @@ async function pickFolder(title, exclude) {
         const up = current.id ? el("li", {}, el("button", { type: "button", onclick: () => {
           current = current.parent;
           show();
-        } }, "⬑ Up")) : null;
+        } }, "↑ Up")) : null;
         replace(list, up, page.folders.filter((f) => !exclude.has(f.id)).map((f) =>
-          el("li", {}, el("button", { type: "button", onclick: () => {
+          el("li", {}, el("button", { type: "button", class: "folder", onclick: () => {
             current = { id: f.id, name: f.name, parent: current };
             show();
-          } }, `📁 ${f.name}`))));
+          } }, f.name))));
         list.querySelector("button")?.focus();
       } catch (err) { replace(list, el("li", { class: "error-text" }, errorMessage(err))); }
     };

@@ -80,7 +80,7 @@ function row(item, state) {
     state.paint();
   });
   const open = item.type === "folder"
-    ? el("a", { href: folderHref(item.id), class: "item-name" }, `📁 ${item.name}`)
+    ? el("a", { href: folderHref(item.id), class: "item-name folder" }, item.name)
     : el("button", { type: "button", class: "link item-name",
       onclick: () => openItemMenu(item, state.load) }, item.name);
   return el("tr", { class: state.selected.has(item.id) ? "selected" : null,

@@ -69,7 +69,7 @@ export async function renderTrash(main) {
         el("th", { class: "num" }, "Size"), el("th", { class: "col-modified" }, "Deleted"),
         el("th", { class: "actions" }, el("span", { class: "visually-hidden" }, "Actions")))),
       el("tbody", {}, state.items.map((item) => el("tr", { "data-name": item.name },
-        el("td", { class: "name" }, item.type === "folder" ? `📁 ${item.name}` : item.name),
+        el("td", { class: "name" }, el("span", { class: item.type === "folder" ? "folder" : null }, item.name)),
         el("td", { class: "col-path" }, item.original_path),
         el("td", { class: "num" }, item.type === "folder" ? "" : formatBytes(item.size)),
         el("td", { class: "col-modified" }, formatDate(item.deleted_at)),
@@ -98,7 +98,7 @@ export async function renderShares(main) {
           el("th", { class: "num" }, "Downloads"), el("th", { class: "col-modified" }, "Expires"),
           el("th", { class: "actions" }, el("span", { class: "visually-hidden" }, "Actions")))),
         el("tbody", {}, page.items.map((s) => el("tr", { "data-share": s.id },
-          el("td", { class: "name" }, s.file_name, s.has_password ? " 🔒" : ""),
+          el("td", { class: "name" }, s.file_name, s.has_password ? " (password)" : ""),
           el("td", {}, s.state),
           el("td", { class: "num" }, `${s.download_count}${s.max_downloads ? ` / ${s.max_downloads}` : ""}`),
           el("td", { class: "col-modified" }, formatDate(s.expires_at)),
@@ -138,7 +138,7 @@ export async function renderSearch(main, q) {
         el("th", { class: "num" }, "Size"), el("th", { class: "col-type" }, "Type"))),
       el("tbody", {}, page.items.map((hit) => el("tr", { "data-name": hit.name },
         el("td", { class: "name" }, hit.type === "folder"
-          ? el("a", { href: folderHref(hit.id) }, `📁 ${hit.name}`)
+          ? el("a", { href: folderHref(hit.id), class: "folder" }, hit.name)
           : el("button", { type: "button", class: "link",
             onclick: () => openItemMenu(hit, () => renderSearch(main, q)) }, hit.name)),
         el("td", { class: "col-path" }, hit.path),
