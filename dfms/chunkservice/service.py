@@ -42,11 +42,15 @@ from dfms.metadata.db import create_pool, metadata_outage
 from dfms.metadata.states import ChunkState, ReplicaState
 from dfms.proto import chunk_pb2 as pb
 from dfms.proto import chunk_pb2_grpc as pb_grpc
+from dfms.runtime.grpc_tracing import server_interceptors
 from dfms.runtime.logs import get_logger
 from dfms.runtime.ops import ReadyCheck
 from dfms.runtime.service import Service
+from dfms.runtime.telemetry import tracing_active
 
 log = get_logger("chunk_service")
+SERVER_OPTIONS = [("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT_BYTES),
+                  ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT_BYTES)]
 T = TypeVar("T")
 
 RPC_SECONDS = Histogram("dfms_chunk_rpc_seconds", "Chunk-service RPC duration", ["rpc"],
@@ -247,9 +251,8 @@ class ChunkService(Service):
                            straggler_timeout_s=cfg.chunk_service.straggler_timeout_s,
                            suspect_after=cfg.healthmon.passive_suspect_after)
         chunker = make_chunker_from(chunker_params(cfg.chunker))
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT_BYTES),
-            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT_BYTES)])
+        self._server = grpc.aio.server(interceptors=server_interceptors(tracing_active()),
+                                       options=SERVER_OPTIONS)
         pb_grpc.add_ChunkServiceServicer_to_server(
             ChunkServicer(cfg, self._pool, store, self._placement, chunker), self._server)
         address = f"{cfg.chunk_service.host}:{cfg.chunk_service.grpc_port}"

@@ -91,7 +91,7 @@ async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _tracing_middlewares() -> list[tracing.Middleware]:
     """Only where tracing is on: without it no request pays for a span lookup."""
-    return [tracing.redact_secrets] if tracing_active() else []
+    return [tracing.request_span_middleware()] if tracing_active() else []
 
 
 def build_app(config: Config) -> web.Application:

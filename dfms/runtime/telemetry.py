@@ -9,15 +9,16 @@ runs and no export can fail or retry.
 
 With an endpoint, spans are batched and exported over OTLP (http/protobuf or grpc) with
 the resource ``service.name=dfms-<service>``, ``service.version`` and
-``deployment.environment``, and the maintained instrumentations are switched on: aiohttp
-server, the gRPC (aio) server, asyncpg and redis (the chunk service's client writes its
-gRPC client spans itself, the S3 node client its node call spans).
+``deployment.environment``, and the maintained instrumentations are switched on: the
+gRPC (aio) server, asyncpg and redis (the gateway writes its request spans itself,
+dfms/gateway/tracing.py, the chunk service's client its gRPC client spans, the S3 node
+client its node call spans).
 
 Default sampling: ``parentbased_traceidratio`` at 0.01. Parent-based, so the chunk
 service and the S3 calls follow the gateway's decision and a trace is always whole. A
 sampled upload records some 45 spans (most of them queries) and costs 1.4-1.9x the CPU of
 an untraced one, so the ratio sets most of the cost: 4-9% at 0.1, under 1% at 0.01, on
-top of the 2-3% an unsampled request still pays (docs/operations.md, Traces; measured by
+top of the little an unsampled request still pays (docs/operations.md, Traces; measured by
 benchmarks/bench_tracing.py and profiles). One request in a hundred still gives a trace
 of every busy route within seconds. Below the request's span, unsampled requests start
 no span of DFMS's own and no query span (``sampled_span``, ``sampled_only_asyncpg``).
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -58,7 +58,7 @@ from dfms.config import OTLP_PROTOCOLS, SAMPLERS, TelemetryConfig
 log = logging.getLogger("dfms.telemetry")
 
 # Probes and scrapes every few seconds would bury the requests worth tracing.
-OPS_PATHS = "/health,/ready,/metrics"
+OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _TRUE = {"true", "1", "yes", "on"}
 
 
@@ -257,28 +257,20 @@ def sampled_only_asyncpg() -> Any:
 
 def instrument_libraries(provider: TracerProvider) -> None:
     """Switch on the maintained instrumentations (they patch classes, so this runs before
-    the service builds its app, channels, pools and clients)."""
-    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+    the service builds its channels, pools and clients)."""
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-    # The instrumentation reads its exclusions from this variable when instrumenting.
-    os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", OPS_PATHS)
-    with warnings.catch_warnings():
-        # The aiohttp-server instrumentation (0.66b1) adds its middleware by subclassing
-        # web.Application, which aiohttp discourages with this warning; the subclass only
-        # prepends the tracing middleware, so it is harmless here.
-        warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                message="Inheritance class _InstrumentedApplication")
-        AioHttpServerInstrumentor().instrument(tracer_provider=provider)
-    # No GrpcAioInstrumentorClient: dfms/chunkservice/client.py writes the client spans
-    # (see _client_span there for why). No AioHttpClientInstrumentor: the only aiohttp
-    # clients are the S3 node clients, whose call spans (dfms/storage/client.py) carry
-    # the node, operation, bytes and outcome; the instrumentation added a span per
-    # attempt under each, and its trace hooks ran on every request and every body slice
-    # sent, sampled or not: 3% of the chunk service's CPU at the default ratio.
-    for instrumentor in (GrpcAioInstrumentorServer(), sampled_only_asyncpg(),
-                         RedisInstrumentor()):
+    # No aiohttp instrumentation. The server one built its attributes and recorded its
+    # metrics before sampling, 100-200 us per request sampled or not: the gateway writes
+    # its request spans itself (dfms/gateway/tracing.py), and the other services serve
+    # only /health, /ready and /metrics. The client one: the only aiohttp clients are
+    # the S3 node clients, whose call spans (dfms/storage/client.py) carry the node,
+    # operation, bytes and outcome; it added a span per attempt under each, and its
+    # trace hooks ran on every request and every body slice sent, sampled or not: 3% of
+    # the chunk service's CPU at the default ratio. No GrpcAioInstrumentorClient:
+    # dfms/chunkservice/client.py writes the client spans (see _client_span there). The
+    # chunk service installs its server interceptor itself (dfms/runtime/grpc_tracing.py).
+    for instrumentor in (sampled_only_asyncpg(), RedisInstrumentor()):
         instrumentor.instrument(tracer_provider=provider)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
-from aiohttp.typedefs import Handler
 from aiokafka.errors import KafkaTimeoutError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -44,7 +43,7 @@ from dfms.events.consumer import producer_links
 from dfms.events.envelope import Event, current_trace_context
 from dfms.events.relay import OutboxRelay
 from dfms.gateway.middleware import request_id_middleware
-from dfms.gateway.tracing import REDACTED, redacted_url
+from dfms.gateway.tracing import REDACTED, redacted_url, request_span_middleware
 from dfms.runtime.logs import TextFormatter, TraceContextFilter
 from dfms.runtime.ops import add_ops_routes
 from dfms.runtime.service import BackgroundService, PassStats
@@ -362,29 +361,25 @@ def http_exemplars(route: str) -> list[dict[str, str]]:
 
 
 async def test_http_latency_carries_the_request_trace() -> None:
-    sampled = TracerProvider().get_tracer("test")
-    seen: list[str] = []
-
-    @web.middleware
-    async def request_span(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Stands in for the aiohttp-server instrumentation, whose middleware is outermost."""
-        if request.path.startswith("/untraced"):
-            return await handler(request)
-        with sampled.start_as_current_span("GET") as span:
-            seen.append(trace.format_trace_id(span.get_span_context().trace_id))
-            return await handler(request)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
 
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(middlewares=[request_span, request_id_middleware])
+    app = web.Application(middlewares=[request_span_middleware(provider.get_tracer("t")),
+                                       request_id_middleware])
     app.router.add_get("/traced/exemplar", ok)
-    app.router.add_get("/untraced/exemplar", ok)
+    app.router.add_get("/unsampled/exemplar", ok)
+    unsampled = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-00"}  # the caller said no
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/traced/exemplar")).status == 200
-        assert (await client.get("/untraced/exemplar")).status == 200
-    assert http_exemplars("/traced/exemplar") == [{"trace_id": seen[0]}]
-    assert http_exemplars("/untraced/exemplar") == []
+        assert (await client.get("/unsampled/exemplar", headers=unsampled)).status == 200
+    (span,) = exporter.get_finished_spans()
+    trace_id = trace.format_trace_id(span.context.trace_id)
+    assert http_exemplars("/traced/exemplar") == [{"trace_id": trace_id}]
+    assert http_exemplars("/unsampled/exemplar") == []
 
 
 async def test_metrics_carry_exemplars_in_openmetrics() -> None:
