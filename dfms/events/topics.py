@@ -27,10 +27,30 @@ TOPICS = (CHUNKS_TOPIC, FILES_TOPIC, NODES_TOPIC, DEAD_LETTER_TOPIC)
 # row written with each is what makes the work durable.
 FILE_UPLOADED = "file.uploaded"  # FILES_TOPIC
 FILE_DELETED = "file.deleted"  # FILES_TOPIC
+FILE_MOVED = "file.moved"  # FILES_TOPIC: renamed and/or moved
+FILE_RESTORED = "file.restored"  # FILES_TOPIC: back from the trash
+FOLDER_RESTORED = "folder.restored"  # FILES_TOPIC: a folder back from the trash
+FILE_VERSION_RESTORED = "file.version_restored"  # FILES_TOPIC: an old version made current
+UPLOAD_FAILED = "upload.failed"  # FILES_TOPIC: multipart expired, quota exceeded
+SHARE_USED = "share.used"  # FILES_TOPIC: a share link's download
+QUOTA_WARNING = "quota.warning"  # FILES_TOPIC: usage crossed QUOTA_WARNING_RATIO
 CHUNK_UNDER_REPLICATED = "chunk.under_replicated"  # CHUNKS_TOPIC
 CHUNK_REPLICA_BAD = "chunk.replica_bad"  # CHUNKS_TOPIC
 NODE_HEALTH_CHANGED = "node.health_changed"  # NODES_TOPIC
 RING_CHANGED = "ring.changed"  # NODES_TOPIC
+
+# Who may see an event on the gateway's live stream (GET /api/v1/events). Events of
+# USER_EVENTS carry the account they concern as ``payload["owner_id"]``; ADMIN_EVENTS go
+# to administrators; any other type (ring.changed...) is internal.
+USER_EVENTS = frozenset({FILE_UPLOADED, FILE_DELETED, FILE_MOVED, FILE_RESTORED,
+                         FOLDER_RESTORED, FILE_VERSION_RESTORED, UPLOAD_FAILED, SHARE_USED,
+                         QUOTA_WARNING})
+ADMIN_EVENTS = frozenset({NODE_HEALTH_CHANGED, CHUNK_UNDER_REPLICATED, CHUNK_REPLICA_BAD})
+STREAM_TOPICS = (FILES_TOPIC, NODES_TOPIC, CHUNKS_TOPIC)  # what the live stream reads
+# upload.failed's ``reason``
+UPLOAD_EXPIRED = "multipart_expired"
+UPLOAD_OVER_QUOTA = "quota_exceeded"
+QUOTA_WARNING_RATIO = 0.9  # quota.warning when a commit takes usage across this share
 
 RETRY_INTERVAL_S = 2.0  # between attempts of ensure_topics(wait_s=...)
 

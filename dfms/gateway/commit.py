@@ -23,8 +23,9 @@ from dfms.chunkservice.errors import ChunkServiceError
 from dfms.chunkservice.pipeline import ChunkEntry
 from dfms.config import LifecycleConfig
 from dfms.errors import DependencyUnavailable
+from dfms.events.origin import current_origin
 from dfms.events.outbox import emit
-from dfms.events.topics import FILE_UPLOADED, FILES_TOPIC
+from dfms.events.topics import FILE_UPLOADED, FILES_TOPIC, QUOTA_WARNING, QUOTA_WARNING_RATIO
 from dfms.gateway.context import API_PREFIX
 from dfms.gateway.errors import ApiError, conflict
 from dfms.gateway.mime import SNIFF_BYTES
@@ -170,9 +171,10 @@ async def commit_content(conn: Connection, cfg: LifecycleConfig, owner: uuid.UUI
         # the current manifest's (a dedup hit only refreshed them); any other chunk
         # is unreferenced, like one of a failed upload, and GC reclaims it.
         return Committed(current, unchanged=True)
-    room = await lc.room_left(conn, owner, cfg)
-    if room is not None and content.size > room:
-        raise quota_error(await lc.quota_bytes(conn, owner, cfg))
+    quota = await lc.quota_bytes(conn, owner, cfg)
+    used = None if quota is None else await lc.used_bytes(conn, owner)
+    if quota is not None and used is not None and content.size > max(0, quota - used):
+        raise quota_error(quota)
     manifest_id = await insert_manifest(conn, content.size, content.sha256, content.entries)
     if current is None:
         file_id = await ns.create_file(conn, owner, folder, name, manifest_id,
@@ -183,6 +185,8 @@ async def commit_content(conn: Connection, cfg: LifecycleConfig, owner: uuid.UUI
     row = await ns.get_file(conn, owner, file_id)
     assert row is not None
     await _emit_uploaded(conn, owner, row, manifest_id)
+    if quota is not None and used is not None:
+        await _warn_quota(conn, owner, used, used + content.size, quota)
     return Committed(row, unchanged=False)
 
 
@@ -192,7 +196,19 @@ async def _emit_uploaded(conn: Connection, owner: uuid.UUID, row: ns.FileRow,
         "file_id": str(row.id), "owner_id": str(owner), "version": row.version,
         "size": row.size, "sha256": row.sha256.hex(), "manifest_id": str(manifest_id),
         "name": row.name, "folder_id": None if row.folder_id is None else str(row.folder_id),
-        "mime_type": row.mime_type, "chunk_count": row.chunk_count})
+        "mime_type": row.mime_type, "chunk_count": row.chunk_count,
+        "origin": current_origin()})
+
+
+async def _warn_quota(conn: Connection, owner: uuid.UUID, before: int, after: int,
+                      quota: int) -> None:
+    """quota.warning when this commit takes the usage across the warning line: once per
+    crossing, not on every upload above it."""
+    line = quota * QUOTA_WARNING_RATIO
+    if before < line <= after:
+        await emit(conn, FILES_TOPIC, str(owner), QUOTA_WARNING, {
+            "owner_id": str(owner), "used_bytes": after, "quota_bytes": quota,
+            "percent": round(100 * after / quota, 1), "origin": current_origin()})
 
 
 def committed_response(body: dict[str, Any], done: Committed) -> web.Response:

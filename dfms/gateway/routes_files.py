@@ -7,8 +7,9 @@ import uuid
 
 from aiohttp import web
 
+from dfms.events.origin import current_origin
 from dfms.events.outbox import emit
-from dfms.events.topics import FILE_DELETED, FILES_TOPIC
+from dfms.events.topics import FILE_DELETED, FILE_MOVED, FILES_TOPIC
 from dfms.gateway.bodies import incoming_file, store_stream
 from dfms.gateway.commit import Content, commit_content, committed_response, precheck, quota_error
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, path_param
@@ -98,7 +99,12 @@ async def update_file(request: web.Request) -> web.Response:
         await claim_name(conn, user, folder, name, except_id=file_id)
         await ns.update_file(conn, file_id, name, folder)
         row = await ns.get_file(conn, user.id, file_id)
-    assert row is not None
+        assert row is not None
+        if (name, folder) != (current.name, current.folder_id):
+            await emit(conn, FILES_TOPIC, str(file_id), FILE_MOVED, {
+                "file_id": str(file_id), "owner_id": str(user.id), "name": name,
+                "folder_id": _id(folder), "old_name": current.name,
+                "old_folder_id": _id(current.folder_id), "origin": current_origin()})
     return web.json_response(file_json(row))
 
 
@@ -106,11 +112,17 @@ async def delete_file(request: web.Request) -> web.Response:
     user = await authenticate(request)
     file_id = parse_uuid(request.match_info["file_id"], "file")
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
-        if not await ns.soft_delete_file(conn, user.id, file_id):
+        current = await ns.get_file(conn, user.id, file_id)
+        if current is None or not await ns.soft_delete_file(conn, user.id, file_id):
             raise not_found("file")
-        await emit(conn, FILES_TOPIC, str(file_id), FILE_DELETED,
-                   {"file_id": str(file_id), "owner_id": str(user.id)})
+        await emit(conn, FILES_TOPIC, str(file_id), FILE_DELETED, {
+            "file_id": str(file_id), "owner_id": str(user.id), "name": current.name,
+            "folder_id": _id(current.folder_id), "origin": current_origin()})
     return web.Response(status=204)
+
+
+def _id(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 async def download(request: web.Request) -> web.StreamResponse:

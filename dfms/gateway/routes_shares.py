@@ -73,6 +73,8 @@ from dfms.auth.passwords import (
 )
 from dfms.auth.share_tokens import ShareTokens, load_or_create_secret, token_hash
 from dfms.errors import RateLimiterUnavailable
+from dfms.events.outbox import emit
+from dfms.events.topics import FILES_TOPIC, SHARE_USED
 from dfms.gateway.client_address import request_client_address
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY, REDIS_KEY
 from dfms.gateway.error_table import api_error
@@ -341,7 +343,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         response = await serve_content(request, file)
         DOWNLOADS.labels("head").inc()
         return response
-    if await shares.reserve_download(pool, row.id) is None:
+    count = await shares.reserve_download(pool, row.id)
+    if count is None:
         # Lost the last download to a concurrent request (or expired/revoked just now).
         now = await shares.get_by_token_hash(pool, token_hash(token))
         raise _state_error(now or row)
@@ -357,10 +360,21 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise
     if response.status in (200, 206):
         DOWNLOADS.labels("ok").inc()
+        await _announce_use(pool, row, file, count)
     else:  # 304: the client has it already
         await shares.release_download(pool, row.id)
         DOWNLOADS.labels("not_modified").inc()
     return response
+
+
+async def _announce_use(pool: asyncpg.Pool, row: shares.ShareRow, file: ns.FileRow,
+                        count: int) -> None:
+    """share.used for the owner's live stream, once the content went out (the counted
+    reservation committed before; a 304 or a failure gives it back and is no use)."""
+    async with pool.acquire() as conn:
+        await emit(conn, FILES_TOPIC, str(row.file_id), SHARE_USED, {
+            "owner_id": str(row.owner_id), "share_id": str(row.id),
+            "file_id": str(row.file_id), "name": file.name, "download_count": count})
 
 
 # --- wiring ------------------------------------------------------------------------

@@ -8,6 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from dfms.events.origin import current_origin
+from dfms.events.outbox import emit
+from dfms.events.topics import FILE_RESTORED, FILES_TOPIC, FOLDER_RESTORED
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import conflict, not_found
 from dfms.gateway.http import bool_param, parse_uuid
@@ -62,12 +65,26 @@ async def restore(request: web.Request) -> web.Response:
         if item is None:
             raise not_found("trash item")
         try:
-            await trash.restore(conn, user.id, item, rename=rename)
+            parent, name = await trash.restore(conn, user.id, item, rename=rename)
         except trash.NameClash as exc:
             raise conflict("name_taken", f"{exc.name!r} already exists where the item goes "
                            "back; pass ?rename=true to restore it under another name") from None
         body = await _restored_json(conn, user.id, item)
+        await _announce_restore(conn, user.id, item, parent, name)
     return web.json_response(body)
+
+
+async def _announce_restore(conn: Connection, owner: uuid.UUID, item: trash.TrashItem,
+                            parent: uuid.UUID | None, name: str) -> None:
+    where = None if parent is None else str(parent)
+    if item.kind == "file":
+        await emit(conn, FILES_TOPIC, str(item.id), FILE_RESTORED, {
+            "file_id": str(item.id), "owner_id": str(owner), "name": name,
+            "folder_id": where, "origin": current_origin()})
+    else:
+        await emit(conn, FILES_TOPIC, str(item.id), FOLDER_RESTORED, {
+            "folder_id": str(item.id), "owner_id": str(owner), "name": name,
+            "parent_id": where, "origin": current_origin()})
 
 
 async def purge(request: web.Request) -> web.Response:

@@ -7,6 +7,9 @@ import uuid
 
 from aiohttp import web
 
+from dfms.events.origin import current_origin
+from dfms.events.outbox import emit
+from dfms.events.topics import FILE_VERSION_RESTORED, FILES_TOPIC
 from dfms.gateway.commit import etag_of
 from dfms.gateway.context import API_PREFIX, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import not_found
@@ -78,7 +81,12 @@ async def restore_version(request: web.Request) -> web.Response:
         # VersionNotFound and QuotaExceeded are answered by the error table.
         await versions.restore_version(conn, owner, row.id, number, cfg)
         restored = await ns.get_file(conn, owner, row.id)
-    assert restored is not None
+        assert restored is not None
+        await emit(conn, FILES_TOPIC, str(row.id), FILE_VERSION_RESTORED, {
+            "file_id": str(row.id), "owner_id": str(owner), "name": restored.name,
+            "folder_id": None if restored.folder_id is None else str(restored.folder_id),
+            "version": restored.version, "restored_from": number,
+            "size": restored.size, "origin": current_origin()})
     return web.json_response(file_json(restored), status=201,
                              headers={"ETag": etag_of(restored.sha256)})
 

@@ -8,6 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
+from dfms.events import outbox
+from dfms.events.topics import FILES_TOPIC, UPLOAD_EXPIRED, UPLOAD_FAILED
 from dfms.metadata.db import Connection
 from dfms.metadata.records import from_record
 
@@ -107,10 +109,18 @@ async def close(conn: Connection, upload_id: uuid.UUID, state: str) -> None:
 
 
 async def expire_stale(conn: Connection) -> int:
-    """Abort every open upload past its expiry; returns how many."""
-    ids = [r["id"] for r in await conn.fetch(
+    """Abort every open upload past its expiry; returns how many. Each is announced to
+    its owner (``upload.failed``) in the same transaction."""
+    rows = await conn.fetch(
         "UPDATE multipart_uploads SET state = 'aborted' WHERE state = 'open' "
-        "AND expires_at < now() RETURNING id")]
+        "AND expires_at < now() RETURNING id, owner_id, folder_id, file_name, file_size")
+    ids = [r["id"] for r in rows]
     if ids:
         await conn.execute("DELETE FROM multipart_parts WHERE upload_id = ANY($1::uuid[])", ids)
+    for r in rows:
+        await outbox.emit(conn, FILES_TOPIC, str(r["id"]), UPLOAD_FAILED, {
+            "owner_id": str(r["owner_id"]), "reason": UPLOAD_EXPIRED,
+            "upload_id": str(r["id"]), "name": r["file_name"], "size": r["file_size"],
+            "folder_id": None if r["folder_id"] is None else str(r["folder_id"]),
+            "origin": None})
     return len(ids)
