@@ -297,6 +297,30 @@ class EventsConfig:
                                      "dead-letter topic", lo=1, hi=100)
     consumer_retry_base_s: float = opt(0.5, "first retry delay of a failing event (doubles)",
                                        lo=0.01)
+    # The live stream, GET /api/v1/events (dfms/gateway/routes_events.py).
+    stream_heartbeat_s: float = opt(15.0, "a comment line on every live event stream this "
+                                    "often when no event came (keeps proxies from closing "
+                                    "it); below gateway.body_idle_timeout_s", lo=1.0,
+                                    hi=600.0)
+    stream_max_per_user: int = opt(5, "live event streams one account may hold open on one "
+                                   "gateway; more are refused 429 too_many_streams", lo=1,
+                                   hi=1000)
+    stream_max_total: int = opt(2000, "live event streams one gateway holds open at most",
+                                lo=1, hi=1_000_000)
+    stream_max_age_s: float = opt(3600.0, "a live event stream ends after this long; the "
+                                  "client reconnects (and is authenticated again)",
+                                  lo=10.0)
+    stream_ticket_ttl_s: int = opt(30, "lifetime of a single-use ticket that opens a live "
+                                   "event stream from a browser", lo=5, hi=3600)
+    stream_buffer_events: int = opt(10_000, "recent events each gateway keeps to replay a "
+                                    "resumed stream without reading Kafka again", lo=0,
+                                    hi=10_000_000)
+    stream_queue_events: int = opt(1000, "events waiting to be written to one stream; a "
+                                   "client that falls further behind is disconnected and "
+                                   "resumes", lo=10, hi=1_000_000)
+    stream_replay_max_events: int = opt(200_000, "most messages read again from Kafka to "
+                                        "resume one stream; further back the client gets "
+                                        "stream.reset", lo=100)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from dfms.gateway import (
     routes_admin,
     routes_auth,
     routes_chunks,
+    routes_events,
     routes_files,
     routes_folders,
     routes_gc,
@@ -53,7 +54,7 @@ from dfms.runtime.telemetry import tracing_active
 # Each module owns its paths; every one of them must be in api/openapi.yaml.
 ROUTE_MODULES = (routes_auth, routes_multipart, routes_chunks, routes_files, routes_versions,
                  routes_folders, routes_trash, routes_storage, routes_search, routes_shares,
-                 routes_admin, routes_gc, routes_openapi, routes_web)
+                 routes_admin, routes_gc, routes_openapi, routes_events, routes_web)
 
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -97,7 +98,8 @@ def _tracing_middlewares() -> list[tracing.Middleware]:
 def build_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[*_tracing_middlewares(), request_id_middleware, error_middleware,
-                     shedding.shedding_middleware, *ratelimit.middlewares()],
+                     shedding.shedding_middleware, *ratelimit.middlewares(),
+                     routes_events.events_middleware],
         client_max_size=config.gateway.max_json_bytes)
     app[CONFIG_KEY] = config
     app.on_response_prepare.append(add_request_id)

@@ -19,6 +19,7 @@ from dfms.auth import errors as auth
 from dfms.auth.tokens import InvalidToken
 from dfms.chunkservice import errors as chunks
 from dfms.gateway.errors import ApiError, IncompleteBody, Overloaded
+from dfms.gateway.event_hub import EventsUnavailable
 from dfms.metadata import errors as meta
 from dfms.metadata.db import metadata_outage
 from dfms.nodes import InvalidNode
@@ -107,6 +108,9 @@ ANSWERS: Mapping[type[BaseException], HttpAnswer] = MappingProxyType({
     deps.StorageUnavailable: HttpAnswer(
         503, "storage_unavailable", "too few storage nodes are available; try again later",
         _RETRY),
+    EventsUnavailable: HttpAnswer(
+        503, "events_unavailable", "live events are unavailable; try again shortly",
+        _RETRY_SOON),
     deps.RateLimiterUnavailable: HttpAnswer(
         503, "rate_limiter_unavailable", "the rate limiter is unavailable; try again "
         "shortly", _RETRY_SOON),

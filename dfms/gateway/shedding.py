@@ -42,7 +42,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import Counter, Gauge
 
 from dfms.config import GatewayConfig
-from dfms.gateway.context import CONFIG_KEY
+from dfms.gateway.context import API_PREFIX, CONFIG_KEY
 from dfms.gateway.errors import Overloaded
 from dfms.gateway.ratelimit import DOWNLOAD, UNLIMITED_PATHS, UPLOAD, classify
 
@@ -65,9 +65,14 @@ for _cls in CLASSES:
         SHED.labels(_cls, _reason)
 
 
+# The live event stream stays open for hours: a slot held that long would be a slot
+# lost. Its own caps (events.stream_max_per_user, stream_max_total) bound it instead.
+STREAM_PATHS = frozenset({f"{API_PREFIX}/events"})
+
+
 def route_class(method: str, path: str) -> str | None:
     """The shedding class of a request, or ``None`` when it is never shed."""
-    if path in UNLIMITED_PATHS:
+    if path in UNLIMITED_PATHS or (method == "GET" and path in STREAM_PATHS):
         return None
     return TRANSFERS if classify(method, path) in (UPLOAD, DOWNLOAD) else REQUESTS
 
