@@ -26,7 +26,7 @@ from typing import Any
 from dfms.client import credentials as creds_mod
 from dfms.client.client import DfmsClient
 from dfms.client.credentials import DEFAULT_URL, Credentials
-from dfms.client.errors import DfmsError, NotFound
+from dfms.client.errors import Conflict, DfmsError, NotFound
 from dfms.client.models import File, Folder, PutProgress, PutResult, Tokens, TrashItem
 from dfms.client.paths import join_path, make_folders, resolve, resolve_folder, split_path
 from dfms.client.progress import PutDisplay, dedup_text, human_bytes, human_rate
@@ -429,7 +429,12 @@ async def do_rm(args: argparse.Namespace, c: DfmsClient) -> int:
             await c.delete(entry.file.id)
             done.append({"path": entry.path, "type": "file", "id": entry.file.id})
         elif entry.folder is not None:
-            await c.delete_folder(entry.folder.id, recursive=args.recursive)
+            try:
+                await c.delete_folder(entry.folder.id, recursive=args.recursive)
+            except Conflict as e:
+                if e.code == "folder_not_empty":
+                    e.message = f"{entry.path} is not empty: rm -r moves it all to the trash"
+                raise
             done.append({"path": entry.path, "type": "folder", "id": entry.folder.id})
         else:
             raise UsageError("cannot remove the root folder")

@@ -75,6 +75,8 @@ class PutDisplay:
 
     def line(self) -> str:
         p = self._prog
+        if p.phase == "hashing" and not p.size:
+            return f"{self._label}  starting"
         if p.phase == "hashing":
             return f"{self._label}  hashing {human_bytes(p.bytes_hashed)}/{human_bytes(p.size)}"
         dedup = p.chunks_total - p.chunks_missing

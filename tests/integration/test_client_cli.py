@@ -263,3 +263,6 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert cli.run("put", str(tmp_path / "absent.bin"), ok=False).returncode == 2
     assert cli.run("put", str(tmp_path), "/d", ok=False).returncode == 2  # a directory
     assert cli.run("trash", "purge", ok=False).returncode == 2
+    cli.run("put", str(random_file(tmp_path / "f.bin", 10, seed=10)), "/full")
+    full = cli.run("rm", "/full", ok=False)
+    assert full.returncode == 1 and "folder_not_empty" in full.stderr and "rm -r" in full.stderr
