@@ -26,7 +26,7 @@ from typing import Any
 from dfms.client import credentials as creds_mod
 from dfms.client.client import DfmsClient
 from dfms.client.credentials import DEFAULT_URL, Credentials
-from dfms.client.errors import Conflict, DfmsError, NotFound
+from dfms.client.errors import Conflict, DfmsError, NotFound, Unauthorized
 from dfms.client.models import File, Folder, PutProgress, PutResult, Tokens, TrashItem
 from dfms.client.paths import join_path, make_folders, resolve, resolve_folder, split_path
 from dfms.client.progress import PutDisplay, dedup_text, human_bytes, human_rate
@@ -151,6 +151,9 @@ def run(args: argparse.Namespace, body: Body, check: Check | None = None) -> int
     except UsageError as e:
         print(f"dfms: {e}", file=sys.stderr)
         return 2
+    except Unauthorized as e:
+        e.message += "; sign in again with `dfms login`"
+        return error_exit(args, e)
     except DfmsError as e:
         return error_exit(args, e)
 

@@ -89,6 +89,13 @@ def test_login_stores_tokens_0600_whoami_env_override_and_logout(
     stored = json.loads(cli.credentials.read_text())
     assert stored["url"] == cluster.gateway_url and stored["refresh_token"]
     assert cli.json("whoami")["user"]["id"] == user.id
+    # A bad stored token: 401, and the message says what to do.
+    good = cli.credentials.read_text()
+    cli.credentials.write_text(good.replace(stored["access_token"], "not-a-token").replace(
+        stored["refresh_token"], "dfmsr_spent"))
+    bad = cli.run("whoami", ok=False)
+    assert bad.returncode == 1 and "401" in bad.stderr and "dfms login" in bad.stderr
+    cli.credentials.write_text(good)
     # DFMS_URL + DFMS_TOKEN: another identity for one command, nothing stored.
     other = Cli(tmp_path / "other", cluster.gateway_url)
     other.env.update(DFMS_URL=cluster.gateway_url, DFMS_TOKEN=user.access_token)

@@ -185,3 +185,41 @@ def test_not_logged_in_is_exit_1_with_its_code(tmp_path: Path,
     out = capsys.readouterr()
     assert json.loads(out.out)["error"]["code"] == "not_logged_in"
     assert "dfms login" in out.err
+
+
+async def test_a_token_about_to_expire_is_refreshed_once_and_stored(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from dfms.client.cli import fresh_credentials
+    routes = web.RouteTableDef()
+    presented: list[str] = []
+
+    @routes.post("/api/v1/auth/refresh")
+    async def refresh(request: web.Request) -> web.Response:
+        presented.append((await request.json())["refresh_token"])
+        return web.json_response({"tokens": {"access_token": "a2", "refresh_token": "r2",
+                                             "expires_in": 900}})
+
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    path = tmp_path / "credentials.json"
+    stale = cr.Credentials(url, "a1", "r1", expires_at=time.time() + 10)
+    cr.save(path, stale)
+    try:
+        fresh = await fresh_credentials(path, stale)
+        # A second process that read the stale pair before: it adopts the stored new pair
+        # instead of presenting the spent refresh token (which would revoke the family).
+        again = await fresh_credentials(path, stale)
+    finally:
+        await runner.cleanup()
+    assert presented == ["r1"]
+    assert (fresh.access_token, fresh.refresh_token) == ("a2", "r2") == (
+        again.access_token, again.refresh_token)
+    assert cr.load(path) == fresh and stat.S_IMODE(path.stat().st_mode) == 0o600
+    not_due = cr.Credentials(url, "a", "r", expires_at=time.time() + 3600)
+    assert await fresh_credentials(path, not_due) is not_due
