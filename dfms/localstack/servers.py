@@ -224,7 +224,12 @@ def kafka_spec(port: int, store_endpoint: str, access_key: str, secret_key: str)
               "--advertised-listener-url", url, "--storage-engine", KAFKA_STORAGE_URL],
         env={"AWS_ENDPOINT": store_endpoint, "AWS_ACCESS_KEY_ID": access_key,
              "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_DEFAULT_REGION": KAFKA_REGION,
-             "AWS_ALLOW_HTTP": "true"})
+             "AWS_ALLOW_HTTP": "true"},
+        # Orphaned by a killed `dfms up`, Tansu took up to 5.3 s to stop on SIGTERM (its
+        # store stopping beside it). It has written a batch and an offset commit to its
+        # store before acknowledging them, so SIGKILL loses nothing acknowledged:
+        # tests/probe/test_broker_durability.py restarts it both ways.
+        death_signal=signal.SIGKILL)
 
 
 async def tcp_ready(port: int) -> None:
@@ -267,7 +272,11 @@ def s3_node_spec(node_id: str, node_dir: Path, ports: S3NodePorts, access_key: s
             f"-bucket={bucket}"]
     return ProcessSpec(
         name=node_id, argv=argv, cwd=str(node_dir),
-        env={"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key})
+        env={"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key},
+        # Orphaned by a killed `dfms up`, a `weed mini` took 2-5 s to stop on SIGTERM.
+        # What it acknowledged is in its files already (a process kill takes nothing back
+        # from the page cache), and SIGKILL is the node drill `dfms cluster kill` runs.
+        death_signal=signal.SIGKILL)
 
 
 async def http_answers(url: str) -> None:

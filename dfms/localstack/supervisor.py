@@ -80,6 +80,14 @@ class ProcessSpec:
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 20.0
     restart: bool = True  # False: only reported when it dies (tests)
+    # Sent when `dfms up` dies without stopping it (None: the stop signal). An orphan
+    # left stopping gracefully outlives the crash; a server whose acknowledged writes
+    # are already durable can go at once.
+    death_signal: int | None = None
+
+    @property
+    def parent_death_signal(self) -> int:
+        return self.stop_signal if self.death_signal is None else self.death_signal
 
 
 def _preexec(sig: int) -> Callable[[], None]:
@@ -91,7 +99,8 @@ def _preexec(sig: int) -> Callable[[], None]:
         # Until exec the child has `dfms up`'s Python handler for ``sig``, which only
         # sets a flag that exec then forgets: a parent death landing here would be lost,
         # and the signal is sent once.
-        signal.signal(sig, signal.SIG_DFL)
+        if sig != signal.SIGKILL:  # which has no handler to reset (signal() refuses it)
+            signal.signal(sig, signal.SIG_DFL)
         libc.prctl(_PR_SET_PDEATHSIG, sig)
         # The parent may have died between fork and prctl: the child then belongs to
         # init or to a subreaper, so compare with the parent's pid, not with 1.
@@ -180,7 +189,7 @@ class ManagedProcess:
             *self.spec.argv, env=env, cwd=self.spec.cwd, user=self.spec.user,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_preexec(self.spec.stop_signal), limit=1 << 20)
+            preexec_fn=_preexec(self.spec.parent_death_signal), limit=1 << 20)
         self._tasks = [asyncio.create_task(self._pump(self.proc)),
                        asyncio.create_task(self._watch(self.proc))]
         self._events.process_started(self)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 
 import aiohttp
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -51,8 +52,10 @@ async def consume(cfg: Config, group: str, *, commit: bool) -> list[bytes]:
     return got
 
 
-async def test_broker_restart_keeps_messages_and_offsets(fresh_cluster: ClusterFactory
-                                                         ) -> None:
+# "kill": SIGKILL, as a crash or a killed `dfms up` (which sends the broker SIGKILL) does.
+@pytest.mark.parametrize("how", ["stop", "kill"])
+async def test_broker_restart_keeps_messages_and_offsets(fresh_cluster: ClusterFactory,
+                                                         how: str) -> None:
     cluster = await fresh_cluster(nodes=3)
     cfg = cluster.config
     assert cluster.info["kafka"]["storage"].startswith("s3://")
@@ -83,7 +86,7 @@ async def test_broker_restart_keeps_messages_and_offsets(fresh_cluster: ClusterF
 
     # A ring node going down leaves the broker alone: its store is not on the ring.
     await cluster.control("kill", "node-2")
-    await cluster.control("stop", "kafka")
+    await cluster.control(how, "kafka")
     await cluster.control("start", "kafka")
 
     assert sorted(await consume(cfg, "probe-old", commit=True)) == sorted(second)

@@ -27,9 +27,11 @@ from dfms.localstack.records import ProcessRecord, record_for
 from tests.support.cluster import ClusterHandle, make_data_dir
 
 KILLS = 10
-# Orphans get their stop signal and stop gracefully, not at once: a `weed mini` takes
-# 2-3 s, and the broker up to 5 s when its own S3 store is stopping beside it.
-GONE_WITHIN_S = 20.0
+# Orphans get their parent-death signal: the DFMS services and PostgreSQL stop
+# gracefully; the S3 nodes and the broker get SIGKILL (on SIGTERM a `weed mini` took 2-5 s
+# and the broker up to 5.3 s beside its stopping store). The limit: nothing left
+# within 5 s.
+GONE_WITHIN_S = 5.0
 
 
 def processes_of(data_dir: Path) -> dict[int, str]:

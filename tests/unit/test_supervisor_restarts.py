@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dfms.localstack.handle import pid_alive
+from dfms.localstack.servers import S3NodePorts, kafka_spec, s3_node_spec
 from dfms.localstack.supervisor import (
     RESTART_MAX_DELAY_S,
     ManagedProcess,
@@ -156,3 +158,45 @@ async def test_what_is_left_of_a_dead_leaders_group_is_ended() -> None:
         await wait_for("the orphaned child to end", lambda: not pid_alive(child), 5.0)
     finally:
         await sup.stop_all()
+
+
+def test_orphaned_nodes_and_broker_are_killed_at_once_the_rest_stop_gracefully(
+        tmp_path: Path) -> None:
+    """The parent-death signal: the stop signal, except for the S3 nodes and the broker,
+    whose SIGTERM stop outlived a killed `dfms up` by over 5 s (test_up_sigkill.py)."""
+    assert ProcessSpec("x", ["true"]).parent_death_signal == signal.SIGTERM
+    assert ProcessSpec("x", ["true"], stop_signal=signal.SIGINT).parent_death_signal \
+        == signal.SIGINT
+    broker = kafka_spec(9092, "http://127.0.0.1:1", "k", "s")
+    assert (broker.stop_signal, broker.parent_death_signal) == (signal.SIGTERM,
+                                                                signal.SIGKILL)
+    node = s3_node_spec("node-1", tmp_path, S3NodePorts(1, 2, 3, 4, 5), "k", "s", "b")
+    assert (node.stop_signal, node.parent_death_signal) == (signal.SIGTERM, signal.SIGKILL)
+
+
+STUBBORN_PARENT = """
+import asyncio, signal, sys
+from dfms.localstack.supervisor import ProcessSpec, Supervisor
+
+async def main():
+    sup = Supervisor(sys.stderr)
+    # Ignores SIGTERM, its stop signal: only the parent-death SIGKILL can end it.
+    mp = await sup.start(ProcessSpec("stubborn", ["sh", "-c", "trap '' TERM; "
+                                     "while :; do sleep 0.1; done"],
+                                     death_signal=signal.SIGKILL))
+    print(mp.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_the_death_signal_reaches_a_child_when_its_parent_is_killed() -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STUBBORN_PARENT, stdout=asyncio.subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+    assert pid_alive(child)
+    parent.kill()
+    await parent.wait()
+    await wait_for("the orphan to die", lambda: not pid_alive(child), timeout_s=3.0)
