@@ -136,6 +136,7 @@ def desktop_pages(page: Any, out: Path, files: dict[str, Path], v2: Path) -> str
     shoot(page, out, "search-desktop")
     for path, name, ready in (("/app/trash", "trash", "#trash-list"),
                               ("/app/shares", "shares", "#share-list"),
+                              ("/app/admin/users", "users", "#user-list"),
                               ("/app/admin/cluster", "cluster", "#node-list")):
         page.goto(path)
         page.locator(ready).wait_for()

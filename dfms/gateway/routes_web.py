@@ -115,6 +115,8 @@ def _walk(folder: Traversable, prefix: str = "") -> dict[str, bytes]:
 def load_bundle(files: dict[str, bytes] | None = None) -> WebBundle:
     """The app's files (``dfms/web`` as shipped, unless given), versioned and indexed."""
     files = dict(files if files is not None else _walk(resources.files(WEB_PACKAGE)))
+    if INDEX not in files:  # a broken install: say so rather than fail on a KeyError
+        raise RuntimeError(f"the web app's {INDEX} is missing from {WEB_PACKAGE}")
     template = files.pop(INDEX).decode("utf-8")
     digest = hashlib.sha256()
     for name in sorted(files):

@@ -4,14 +4,17 @@ and saves a screenshot of every page it has open under its tmp dir when it fails
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.support.api import PASSWORD
@@ -43,8 +46,12 @@ def base_url(cluster: ClusterHandle) -> str:
 
 @contextlib.contextmanager
 def screenshots_on_failure(tmp_path: Path, *pages: Page) -> Iterator[None]:
+    """Screenshots of every page when the scenario fails; and it fails when the browser
+    refused anything under the Content-Security-Policy (new_page records the reports)."""
     try:
         yield
+        refused = [m for page in pages for m in page.csp_reports]
+        assert not refused, f"the Content-Security-Policy refused: {refused}"
     except BaseException:
         for i, page in enumerate(pages):
             with contextlib.suppress(Exception):
@@ -57,7 +64,10 @@ def new_page(browser: Any, base_url: str) -> Page:
     context = browser.new_context(base_url=base_url, accept_downloads=True)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
+    page.csp_reports = []
     page.on("pageerror", lambda exc: print(f"page error: {exc}"))
+    page.on("console", lambda msg: page.csp_reports.append(msg.text)
+            if "Content Security Policy" in msg.text else None)
     return page
 
 
@@ -298,6 +308,7 @@ def test_an_upload_in_one_window_appears_in_another(browser: Any, base_url: str,
     through the live events (GET /api/v1/events), without a reload."""
     page = new_page(browser, base_url)
     other = page.context.new_page()  # same context: same storage, so the same session
+    other.csp_reports = []
     with screenshots_on_failure(tmp_path, page, other):
         sign_up(page)
         probe = page.evaluate("""async () => {
@@ -380,3 +391,75 @@ def test_a_session_that_cannot_be_refreshed_signs_in_again_over_the_page(
         relogin.get_by_role("button", name="Sign in").click()
         expect_row(page, "Later")
         sync_api.expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+
+
+def test_cancel_and_retry_an_upload(browser: Any, base_url: str, tmp_path: Path) -> None:
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        sign_up(page)
+        data = os.urandom(40 * MIB)
+        big = write(tmp_path, "cancel-me.bin", data)
+        entry = page.locator('.uploads li[data-name="cancel-me.bin"]')
+        with page.expect_response(lambda r: "/part/1" in r.url and r.ok):
+            page.set_input_files("#upload-input", [str(big)])
+        sync_api.expect(entry.locator("progress")).to_be_visible()
+        sync_api.expect(entry.locator(".status")).to_contain_text(re.compile(r"\d+% of 40 MiB"))
+        page.get_by_role("button", name="Cancel upload of cancel-me.bin").click()
+        sync_api.expect(entry.locator(".status")).to_have_text("Cancelled")
+        assert row(page, "cancel-me.bin").count() == 0
+        page.get_by_role("button", name="Retry upload of cancel-me.bin").click()
+        expect_row(page, "cancel-me.bin", "40 MiB")
+        sync_api.expect(entry.locator(".status")).to_contain_text("Done")
+
+
+def test_restore_onto_a_taken_name_offers_a_renamed_copy(browser: Any, base_url: str,
+                                                         tmp_path: Path) -> None:
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        sign_up(page)
+        first, second = tmp_path / "1", tmp_path / "2"
+        first.mkdir()
+        second.mkdir()
+        page.set_input_files("#upload-input", [str(write(first, "memo.txt", b"old memo\n"))])
+        expect_row(page, "memo.txt", "9 B")
+        item_action(page, "memo.txt", "Delete")
+        page.get_by_role("button", name="Move to trash").click()
+        row(page, "memo.txt").wait_for(state="detached")
+        page.set_input_files("#upload-input", [str(write(second, "memo.txt", b"new\n"))])
+        expect_row(page, "memo.txt", "4 B")
+        page.get_by_role("link", name="Trash").click()
+        page.get_by_role("button", name="Restore memo.txt").click()
+        clash = page.get_by_role("dialog", name="The name is taken")
+        clash.get_by_role("button", name="Restore as a copy").click()
+        page.locator('#trash-list tr[data-name="memo.txt"]').wait_for(state="detached")
+        page.get_by_role("link", name="My files").click()
+        expect_row(page, "memo.txt", "4 B")
+        expect_row(page, "memo (restored).txt", "9 B")
+
+
+def test_usage_warns_when_the_quota_is_nearly_full(browser: Any, base_url: str,
+                                                   cluster: ClusterHandle,
+                                                   tmp_path: Path) -> None:
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        email = sign_up(page)
+        page.set_input_files("#upload-input", [str(write(tmp_path, "f.bin", os.urandom(MIB)))])
+        expect_row(page, "f.bin", "1.0 MiB")
+        sync_api.expect(page.locator(".usage")).not_to_have_class(re.compile(r"\bwarn\b"))
+        # An administrator lowers the quota to just above what is used (95 %).
+        # (Playwright's sync API runs a loop in this thread: the query runs in another.)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _set_quota(cluster.postgres_dsn, email,
+                                                int(MIB / 0.95))).result()
+        page.reload()
+        usage = page.locator(".usage")
+        sync_api.expect(usage).to_have_class(re.compile(r"\bwarn\b"))
+        sync_api.expect(usage).to_contain_text("almost full")
+
+
+async def _set_quota(dsn: str, email: str, quota: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE users SET quota_bytes = $2 WHERE email = $1", email, quota)
+    finally:
+        await conn.close()

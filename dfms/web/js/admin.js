@@ -36,7 +36,7 @@ export async function renderAdminUsers(main) {
   document.title = "Users · DFMS";
   const load = async () => {
     const page = await api("GET", "/admin/users", { query: { per_page: 200 } });
-    replace(main, el("h1", {}, "Users"), el("table", { class: "list" },
+    replace(main, el("h1", {}, "Users"), el("table", { class: "list", id: "user-list" },
       el("thead", {}, el("tr", {}, el("th", {}, "Email"), el("th", {}, "Role"),
         el("th", { class: "num" }, "Used"), el("th", { class: "num col-type" }, "Quota"),
         el("th", {}, "Active"), el("th", { class: "actions" }, ""))),
