@@ -233,6 +233,9 @@ async def test_logout_without_a_token_ends_every_session(api: Api) -> None:
     assert status == 204
     for token in (user.refresh_token, other["refresh_token"]):
         assert_error(await refresh(api, token), 401, "invalid_refresh_token")
+    # As the README and the API say: an access token already issued lives out its
+    # lifetime (verified by signature alone, no lookup per request).
+    assert (await api.request("GET", "/auth/me", user))[0] == 200
 
 
 async def test_logout_cannot_touch_someone_elses_session(api: Api) -> None:
