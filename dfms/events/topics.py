@@ -30,6 +30,9 @@ FILE_DELETED = "file.deleted"  # FILES_TOPIC
 FILE_MOVED = "file.moved"  # FILES_TOPIC: renamed and/or moved
 FILE_RESTORED = "file.restored"  # FILES_TOPIC: back from the trash
 FOLDER_RESTORED = "folder.restored"  # FILES_TOPIC: a folder back from the trash
+FOLDER_CREATED = "folder.created"  # FILES_TOPIC
+FOLDER_MOVED = "folder.moved"  # FILES_TOPIC: renamed and/or moved
+FOLDER_DELETED = "folder.deleted"  # FILES_TOPIC: to the trash, with what it holds
 FILE_VERSION_RESTORED = "file.version_restored"  # FILES_TOPIC: an old version made current
 UPLOAD_FAILED = "upload.failed"  # FILES_TOPIC: multipart expired, quota exceeded
 SHARE_USED = "share.used"  # FILES_TOPIC: a share link's download
@@ -43,8 +46,8 @@ RING_CHANGED = "ring.changed"  # NODES_TOPIC
 # USER_EVENTS carry the account they concern as ``payload["owner_id"]``; ADMIN_EVENTS go
 # to administrators; any other type (ring.changed...) is internal.
 USER_EVENTS = frozenset({FILE_UPLOADED, FILE_DELETED, FILE_MOVED, FILE_RESTORED,
-                         FOLDER_RESTORED, FILE_VERSION_RESTORED, UPLOAD_FAILED, SHARE_USED,
-                         QUOTA_WARNING})
+                         FOLDER_RESTORED, FOLDER_CREATED, FOLDER_MOVED, FOLDER_DELETED,
+                         FILE_VERSION_RESTORED, UPLOAD_FAILED, SHARE_USED, QUOTA_WARNING})
 ADMIN_EVENTS = frozenset({NODE_HEALTH_CHANGED, CHUNK_UNDER_REPLICATED, CHUNK_REPLICA_BAD})
 STREAM_TOPICS = (FILES_TOPIC, NODES_TOPIC, CHUNKS_TOPIC)  # what the live stream reads
 # upload.failed's ``reason``

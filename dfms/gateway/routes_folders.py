@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from aiohttp import web
 
+from dfms.events.origin import current_origin
+from dfms.events.outbox import emit
+from dfms.events.topics import FILES_TOPIC, FOLDER_CREATED, FOLDER_DELETED, FOLDER_MOVED
 from dfms.gateway.context import API_PREFIX, PG_KEY
 from dfms.gateway.errors import conflict, not_found
 from dfms.gateway.folders import ROOT_ALIAS, claim_name, requested_place, resolve_parent
@@ -15,6 +19,7 @@ from dfms.gateway.names import clean_name
 from dfms.gateway.security import authenticate
 from dfms.gateway.views import folder_json
 from dfms.metadata import namespace as ns
+from dfms.metadata.db import Connection
 
 FOLDER_FIELDS = ("name", "parent_id")  # of a create or an update
 
@@ -28,7 +33,20 @@ async def create_folder(request: web.Request) -> web.Response:
         parent = await resolve_parent(conn, user, doc.get("parent_id"))
         await claim_name(conn, user, parent, name)
         row = await ns.create_folder(conn, user.id, parent, name)
+        await _announce(conn, FOLDER_CREATED, user.id, row.id, name, parent)
     return web.json_response(folder_json(row), status=201)
+
+
+async def _announce(conn: Connection, type: str, owner: uuid.UUID, folder_id: uuid.UUID,
+                    name: str, parent: uuid.UUID | None, **more: Any) -> None:
+    """A folder event for the owner's live streams, in the change's transaction."""
+    await emit(conn, FILES_TOPIC, str(folder_id), type, {
+        "folder_id": str(folder_id), "owner_id": str(owner), "name": name,
+        "parent_id": _id(parent), **more, "origin": current_origin()})
+
+
+def _id(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 async def folder_contents(request: web.Request) -> web.Response:
@@ -68,6 +86,9 @@ async def update_folder(request: web.Request) -> web.Response:
             raise conflict("folder_cycle", "a folder cannot move into itself or below itself")
         await claim_name(conn, user, parent, name, except_id=folder_id)
         row = await ns.update_folder(conn, folder_id, name, parent)
+        if (name, parent) != (current.name, current.parent_id):
+            await _announce(conn, FOLDER_MOVED, user.id, folder_id, name, parent,
+                            old_name=current.name, old_parent_id=_id(current.parent_id))
     return web.json_response(folder_json(row))
 
 
@@ -76,12 +97,15 @@ async def delete_folder(request: web.Request) -> web.Response:
     folder_id = parse_uuid(request.match_info["folder_id"], "folder")
     recursive = bool_param(request, "recursive")
     async with request.app[PG_KEY].acquire() as conn, conn.transaction():
-        if await ns.get_folder(conn, user.id, folder_id) is None:
+        current = await ns.get_folder(conn, user.id, folder_id)
+        if current is None:
             raise not_found("folder")
         if not recursive and not await ns.folder_is_empty(conn, folder_id):
             raise conflict("folder_not_empty",
                            "the folder is not empty; pass ?recursive=true to delete it all")
         await ns.delete_subtree(conn, folder_id)
+        await _announce(conn, FOLDER_DELETED, user.id, folder_id, current.name,
+                        current.parent_id)
     return web.Response(status=204)
 
 

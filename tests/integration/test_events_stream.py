@@ -32,6 +32,9 @@ from dfms.events.topics import (
     FILE_MOVED,
     FILE_RESTORED,
     FILE_UPLOADED,
+    FOLDER_CREATED,
+    FOLDER_DELETED,
+    FOLDER_MOVED,
     NODE_HEALTH_CHANGED,
     QUOTA_WARNING,
     SHARE_USED,
@@ -273,6 +276,20 @@ async def test_file_changes_share_use_and_quota_reach_the_owner(
         assert status == 200
         restored = await stream.event(match=lambda m: m.type == FILE_RESTORED)
         assert restored.data["file_id"] == body["id"]
+
+        status, folder, _ = await api.request("POST", "/folders", user, json={"name": "docs"})
+        assert status == 201, folder
+        event = await stream.event(match=lambda m: m.type == FOLDER_CREATED)
+        assert (event.data["folder_id"], event.data["parent_id"]) == (folder["id"], None)
+        status, _, _ = await api.request("PATCH", f"/folders/{folder['id']}", user,
+                                         json={"name": "docs2"})
+        assert status == 200
+        event = await stream.event(match=lambda m: m.type == FOLDER_MOVED)
+        assert (event.data["old_name"], event.data["name"]) == ("docs", "docs2")
+        status, _, _ = await api.request("DELETE", f"/folders/{folder['id']}", user)
+        assert status == 204
+        event = await stream.event(match=lambda m: m.type == FOLDER_DELETED)
+        assert event.data["name"] == "docs2"
 
 
 # --- resuming ----------------------------------------------------------------------------
