@@ -180,6 +180,8 @@ class EventHub:
             except (KafkaError, OSError) as exc:
                 log.warning("live-event consumer failed; reconnecting",
                             extra={"error": f"{type(exc).__name__}: {exc}"})
+            except Exception:  # a bug must not end live events for good: log, go again
+                log.exception("live-event consumer failed unexpectedly; reconnecting")
             finally:
                 self.ready.clear()
                 with contextlib.suppress(Exception):
