@@ -463,3 +463,26 @@ async def _set_quota(dsn: str, email: str, quota: int) -> None:
         await conn.execute("UPDATE users SET quota_bytes = $2 WHERE email = $1", email, quota)
     finally:
         await conn.close()
+
+
+def test_a_large_folder_pages_by_cursor_and_sorts(browser: Any, base_url: str,
+                                                  tmp_path: Path) -> None:
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        sign_up(page)
+        files = [write(tmp_path, f"f{i:03d}.txt", b"x" * (i + 1)) for i in range(55)]
+        page.set_input_files("#upload-input", [str(f) for f in files])
+        sync_api.expect(page.locator(".upload.done")).to_have_count(55, timeout=60_000)
+        page.reload()  # the first page only: 50 of 55
+        rows = page.locator("#file-list tbody tr")
+        sync_api.expect(rows).to_have_count(50)
+        sync_api.expect(page.locator(".more")).to_contain_text("50 of 55 files shown")
+        page.get_by_role("button", name="Load more").click()
+        sync_api.expect(rows).to_have_count(55)
+        sync_api.expect(page.get_by_role("button", name="Load more")).to_have_count(0)
+        # Sorting by size, largest first: the server sorts, the first page has the largest.
+        page.get_by_role("button", name="Size").click()
+        sync_api.expect(page.locator("th[aria-sort=ascending]")).to_contain_text("Size")
+        page.get_by_role("button", name="Size").click()
+        sync_api.expect(page.locator("th[aria-sort=descending]")).to_contain_text("Size")
+        sync_api.expect(rows.first).to_have_attribute("data-name", "f054.txt")

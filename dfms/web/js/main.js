@@ -225,9 +225,14 @@ function renderView(path) {
     el("p", {}, "This page does not exist. ", el("a", { href: "/" }, "Go to my files")));
 }
 
+// A finished upload reloads the folder it went to when that is open: once for a burst.
+let uploadReload = null;
 setUploadListener((file, folderId) => {
-  if (view.reload && (view.folderId || null) === (folderId || null)) view.reload();
-  refreshUsage();
+  clearTimeout(uploadReload);
+  uploadReload = setTimeout(() => {
+    if (view.reload && (view.folderId || null) === (folderId || null)) view.reload();
+    refreshUsage();
+  }, 200);
 });
 renderUploads();
 route();
