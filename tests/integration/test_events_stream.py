@@ -43,6 +43,7 @@ from dfms.events.topics import (
 from dfms.gateway import app as gateway_app
 from dfms.gateway.notifications import parse_cursor
 from dfms.healthmon.service import HealthMonitor
+from dfms.metadata import multipart as mp
 from tests.integration.test_healthmon import (
     MONITOR_PROCESSES,
     VICTIM,
@@ -290,6 +291,25 @@ async def test_file_changes_share_use_and_quota_reach_the_owner(
         assert status == 204
         event = await stream.event(match=lambda m: m.type == FOLDER_DELETED)
         assert event.data["name"] == "docs2"
+
+
+async def test_an_expired_multipart_upload_is_announced(
+        cluster: ClusterHandle, api: Api, pg: asyncpg.Connection) -> None:
+    user = await api.register()
+    status, upload_doc, _ = await api.request(
+        "POST", "/files/upload/multipart/init", user,
+        json={"file_name": "big.iso", "file_size": 12345})
+    assert status == 201, upload_doc
+    upload_id = upload_doc["upload_id"]
+    async with open_stream(api.session, api.base, user) as stream:
+        await pg.execute("UPDATE multipart_uploads SET expires_at = now() - interval '1 s' "
+                         "WHERE id = $1", uuid.UUID(upload_id))
+        async with pg.transaction():  # what the GC worker's lifecycle pass runs
+            assert await mp.expire_stale(pg) >= 1
+        event = await stream.event(match=lambda m: m.type == UPLOAD_FAILED)
+    assert event.data["reason"] == "multipart_expired"
+    assert (event.data["upload_id"], event.data["name"], event.data["size"]) == (
+        upload_id, "big.iso", 12345)
 
 
 # --- resuming ----------------------------------------------------------------------------
