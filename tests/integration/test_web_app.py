@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -486,3 +488,34 @@ def test_a_large_folder_pages_by_cursor_and_sorts(browser: Any, base_url: str,
         page.get_by_role("button", name="Size").click()
         sync_api.expect(page.locator("th[aria-sort=descending]")).to_contain_text("Size")
         sync_api.expect(rows.first).to_have_attribute("data-name", "f054.txt")
+
+
+def test_admin_pages(browser: Any, base_url: str, cluster: ClusterHandle,
+                     tmp_path: Path) -> None:
+    """An admin (made with the CLI) sees the accounts and the cluster; a user does not."""
+    user_page = new_page(browser, base_url)
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page, user_page):
+        user_email = sign_up(user_page)
+        sync_api.expect(user_page.get_by_role("link", name="Cluster")).to_have_count(0)
+        user_page.goto("/app/admin/cluster")
+        sync_api.expect(user_page.get_by_role("alert")).to_contain_text("Only administrators")
+        email = f"web-admin-{os.urandom(4).hex()}@example.com"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DFMS_")}
+        subprocess.run([sys.executable, "-m", "dfms", "--data-dir", str(cluster.data_dir),
+                        "admin", "create-user", "--admin", "--email", email, "--password",
+                        PASSWORD], check=True, capture_output=True, env=env, timeout=120)
+        page.goto("/app/signin")
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("link", name="Cluster").click()
+        nodes = page.locator("#node-list tbody tr")
+        sync_api.expect(nodes.first).to_be_visible()
+        assert nodes.count() >= 3
+        page.get_by_role("link", name="Users").click()
+        page.get_by_role("button", name=f"Edit {user_email}").click()
+        page.get_by_label("Quota (GiB)").fill("2")
+        page.get_by_role("button", name="Save").click()
+        user_row = page.locator("#user-list tr", has_text=user_email)
+        sync_api.expect(user_row).to_contain_text("2.0 GiB")
