@@ -1,5 +1,6 @@
 """The ``dfms`` user commands: login, put, get, ls, mv, rm, trash, versions, restore, share,
-search, usage. They use only the SDK (``dfms.client``), never the server's modules.
+search, usage; sync and watch (dfms/client/mirror.py, watcher.py). They use only the SDK
+(``dfms.client``), never the server's modules.
 
 ``add_user_commands(add)`` adds them to ``dfms``'s parser (``dfms/cli.py``). Every command
 takes ``--json`` (one JSON document on stdout, for scripts). Exit codes: 0 done, 1 an API
@@ -713,3 +714,7 @@ def add_user_commands(add: AddCommand) -> None:
     _add_transfer(user_add)
     _add_files(user_add)
     _add_trash_and_shares(user_add)
+    # sync and watch build on this module's helpers: imported once it is whole.
+    from dfms.client import mirror, watcher
+    mirror.add_command(user_add)
+    watcher.add_command(user_add)

@@ -37,6 +37,7 @@ COMMANDS = [
     ["ls"], ["mv", "/a", "/b"], ["rm", "/a"], ["versions", "/a"], ["restore", "/a", "1"],
     ["search", "a"], ["trash", "ls"], ["trash", "restore", "x"], ["trash", "purge"],
     ["share", "create", "/a"], ["share", "ls"], ["share", "revoke", "x"],
+    ["sync", "d", "/r"], ["watch", "d", "/r"],
 ]
 
 
