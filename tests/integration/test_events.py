@@ -121,9 +121,10 @@ async def _upload_writes_one_event(api: Api, user: ApiUser, db: asyncpg.Connecti
                                     uuid.UUID(payload["manifest_id"]))
     assert manifest_tx == row["tx"]
 
-    async def events_of_user() -> list[str]:
+    async def events_of_user() -> list[str]:  # of files (creating a folder is one too)
         return [r["type"] for r in await db.fetch(
-            "SELECT type FROM outbox WHERE payload->>'owner_id' = $1 ORDER BY id", user.id)]
+            "SELECT type FROM outbox WHERE payload->>'owner_id' = $1 AND type LIKE 'file.%' "
+            "ORDER BY id", user.id)]
 
     # Refused uploads write nothing: If-Match mismatch (412), a folder's name (409).
     status, _ = await api.upload(user, "report.bin", b"other", **{"If-Match": '"00"'})
