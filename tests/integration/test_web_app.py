@@ -519,3 +519,26 @@ def test_admin_pages(browser: Any, base_url: str, cluster: ClusterHandle,
         page.get_by_role("button", name="Save").click()
         user_row = page.locator("#user-list tr", has_text=user_email)
         sync_api.expect(user_row).to_contain_text("2.0 GiB")
+
+
+def test_keyboard_use_of_the_item_menu(browser: Any, base_url: str, tmp_path: Path) -> None:
+    """The menu opens from the keyboard with the focus inside it, Escape closes it, and the
+    focus goes back to the button that opened it."""
+    page = new_page(browser, base_url)
+    with screenshots_on_failure(tmp_path, page):
+        sign_up(page)
+        page.set_input_files("#upload-input", [str(write(tmp_path, "k.txt", b"keys\n"))])
+        expect_row(page, "k.txt", "5 B")
+        opener = page.get_by_role("button", name="Actions for k.txt")
+        opener.focus()
+        page.keyboard.press("Enter")
+        dialog = page.get_by_role("dialog", name="k.txt")
+        sync_api.expect(dialog).to_be_visible()
+        assert page.evaluate("document.activeElement.closest('dialog') !== null")
+        page.keyboard.press("Escape")
+        sync_api.expect(dialog).to_have_count(0)
+        sync_api.expect(opener).to_be_focused()
+        # Tab reaches the upload picker, whose label then shows the focus ring.
+        page.get_by_role("button", name="New folder").focus()
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate("document.activeElement.id") == "upload-input"
