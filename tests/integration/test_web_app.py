@@ -328,6 +328,10 @@ def test_an_upload_in_one_window_appears_in_another(browser: Any, base_url: str,
         expect_row(page, "live.txt", "5 B")
         row(other, "live.txt").wait_for(timeout=5000)
         sync_api.expect(other.locator("#toasts")).to_contain_text("“live.txt” was uploaded")
+        page.get_by_role("button", name="New folder").click()
+        page.get_by_label("Folder name").fill("Made elsewhere")
+        page.get_by_role("button", name="Create", exact=True).click()
+        row(other, "Made elsewhere").wait_for(timeout=5000)
 
 
 def test_multi_select_move_and_delete(browser: Any, base_url: str, tmp_path: Path) -> None:

@@ -109,6 +109,21 @@ const HANDLERS = {
     reloadIf(mine, d.parent_id);
     elsewhere(d, mine, `Folder “${d.name}” was restored`);
   },
+  "folder.created": (d, mine) => {
+    reloadIf(mine, d.parent_id);
+    elsewhere(d, mine, `Folder “${d.name}” was created`);
+  },
+  "folder.moved": (d, mine) => {
+    reloadIf(mine, d.parent_id, d.old_parent_id);
+    elsewhere(d, mine, d.name !== d.old_name
+      ? `Folder “${d.old_name}” was renamed to “${d.name}”` : `Folder “${d.name}” was moved`);
+  },
+  "folder.deleted": (d, mine) => {
+    reloadIf(mine, d.parent_id);
+    elsewhere(d, mine, `Folder “${d.name}” was moved to the trash`);
+    // The open folder itself (or one inside it) may be gone: its reload says so.
+    if (!mine && view.folderId === d.folder_id && view.reload) view.reload();
+  },
   "file.version_restored": (d, mine) => {
     reloadIf(mine, d.folder_id);
     elsewhere(d, mine, `“${d.name}”: version ${d.restored_from} restored`);
