@@ -222,6 +222,12 @@ def parent_rel(rel: str) -> str:
     return rel.rpartition("/")[0]
 
 
+def parents(rel: str) -> list[str]:
+    """"a/b/c" -> ["a", "a/b"]."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
 # --- the plan -------------------------------------------------------------------------
 
 # Kinds: mkdir, upload (new), update (other size), check (same size: hash, then update
@@ -273,10 +279,13 @@ def trash_actions(local_rels: set[str], local_dirs: set[str],
     present = local_dirs | {""}
     gone = sorted(d for d in remote.folders if d and d not in present
                   and parent_rel(d) in present)
-    out = []
-    for d in gone:
-        inside = sum(1 for rel in remote.files if rel.startswith(d + "/"))
-        out.append(Action("trash_folder", d, folder_id=remote.folders[d], files_inside=inside))
+    inside = dict.fromkeys(gone, 0)
+    for rel in remote.files:
+        top = next((p for p in parents(rel) if p in inside), None)
+        if top is not None:
+            inside[top] += 1
+    out = [Action("trash_folder", d, folder_id=remote.folders[d], files_inside=inside[d])
+           for d in gone]
     for rel, r in sorted(remote.files.items()):
         if rel not in local_rels and parent_rel(rel) in present and rel not in local_dirs:
             out.append(Action("trash", rel, remote=r))
