@@ -60,6 +60,7 @@ FETCH_MAX_WAIT_MS = 100  # bounds the delivery delay when the broker holds a fet
 RECONNECT_MAX_S = 10.0
 HISTORY_TIMEOUT_S = 30.0
 SWEEP_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 0.5
 
 
 class EventsUnavailable(DependencyUnavailable):
@@ -184,8 +185,7 @@ class EventHub:
                 log.exception("live-event consumer failed unexpectedly; reconnecting")
             finally:
                 self.ready.clear()
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+                await _stop(consumer)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_MAX_S)
 
@@ -281,8 +281,7 @@ class EventHub:
             await self._read_until(consumer, end, history, viewer)
             return history
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await _stop(consumer)
 
     async def _read_until(self, consumer: AIOKafkaConsumer, end: Position, history: History,
                           viewer: Viewer) -> None:
@@ -300,6 +299,15 @@ class EventHub:
                 return
             pending = {ktp for ktp in pending
                        if await consumer.position(ktp) < end[(ktp.topic, ktp.partition)]}
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer, but not for long: one still joining its group waits for the
+    broker's whole rebalance (seconds on the local broker), and the gateway's shutdown
+    must not wait for it; nothing is committed, so nothing is lost by leaving early."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await consumer.stop()
 
 
 def _keep(records: list[ConsumerRecord[bytes, bytes]], stop: int, history: History,
