@@ -96,3 +96,11 @@ def read_chunk(path: Path, ref: ChunkRef) -> bytes:
         raise FileChanged(0, "file_changed", f"{path} changed while it was being uploaded")
     return data
 
+
+def sha256_file(path: Path, block_bytes: int = 1024 * 1024) -> str:
+    """The SHA-256 of a whole file, read in ``block_bytes`` pieces (run it in a thread)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import time
@@ -16,7 +15,14 @@ from urllib.parse import quote
 
 import aiohttp
 
-from dfms.client.chunking import ChunkRef, Manifest, build_manifest, local_chunker, read_chunk
+from dfms.client.chunking import (
+    ChunkRef,
+    Manifest,
+    build_manifest,
+    local_chunker,
+    read_chunk,
+    sha256_file,
+)
 from dfms.client.errors import (
     ChecksumMismatch,
     Conflict,
@@ -353,11 +359,11 @@ class DfmsClient:
         part = dest.with_name(dest.name + ".part")
         resumed = await asyncio.to_thread(_size_or_zero, part) > 0
         await self._fetch_with_retries(file, part)
-        if await asyncio.to_thread(_sha256_file, part) != file.sha256 and resumed:
+        if await asyncio.to_thread(sha256_file, part) != file.sha256 and resumed:
             # The kept prefix was bad (not this content): fetch it all once more.
             await asyncio.to_thread(part.unlink)
             await self._fetch_with_retries(file, part)
-        if await asyncio.to_thread(_sha256_file, part) != file.sha256:
+        if await asyncio.to_thread(sha256_file, part) != file.sha256:
             await asyncio.to_thread(part.unlink)
             raise ChecksumMismatch(0, "checksum_mismatch",
                                    f"downloaded bytes of {file_id} do not hash to {file.sha256}")
@@ -568,12 +574,3 @@ def _size_or_zero(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(IO_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-

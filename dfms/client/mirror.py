@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dfms.client import cli
+from dfms.client.chunking import sha256_file
 from dfms.client.client import DfmsClient
 from dfms.client.errors import Conflict, DfmsError, NotFound
 from dfms.client.models import File, Folder, PutResult
@@ -40,7 +41,6 @@ from dfms.client.progress import human_bytes
 STATE_VERSION = 1
 RACY_NS = 2_000_000_000
 SAVE_EVERY_S = 5.0
-IO_BLOCK = 1024 * 1024
 FILE_KINDS = ("upload", "update", "check", "skip")
 
 
@@ -88,14 +88,6 @@ def scan_local(root: Path) -> tuple[list[LocalFile], list[str]]:
             if found is not None:
                 files.append(found)
     return sorted(files, key=lambda f: f.rel), sorted(dirs)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(IO_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the state file ---------------------------------------------------------------------
