@@ -218,7 +218,9 @@ async def test_a_hanging_statvfs_does_not_hold_the_pass(monkeypatch: pytest.Monk
 # a user creates would grow with use.
 BOUNDED_LABELS = {"route", "method", "status", "outcome", "node", "op", "direction",
                   "service", "counter", "state", "rpc", "code", "class", "event", "reason",
-                  "consumer", "topic", "group", "kind", "le", "job", "instance"}
+                  "consumer", "topic", "group", "kind", "le", "job", "instance",
+                  # the live event streams: a bool, where a replay came from, which cap
+                  "replayed", "source", "cap"}
 
 
 def test_every_metric_label_is_a_bounded_one() -> None:
