@@ -518,6 +518,11 @@ def test_admin_pages(browser: Any, base_url: str, cluster: ClusterHandle,
         sync_api.expect(nodes.first).to_be_visible()
         assert nodes.count() >= 3
         page.get_by_role("link", name="Users").click()
+        # The session cluster holds every test's accounts, more than a page: filter.
+        sync_api.expect(page.locator(".more")).to_contain_text("users")
+        page.get_by_label("Filter by email").fill(user_email)
+        sync_api.expect(page.locator("#user-list tbody tr")).to_have_count(1)
+        sync_api.expect(page.locator(".more")).to_contain_text("1–1 of 1 users")
         page.get_by_role("button", name=f"Edit {user_email}").click()
         page.get_by_label("Quota (GiB)").fill("2")
         page.get_by_role("button", name="Save").click()

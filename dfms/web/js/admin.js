@@ -8,7 +8,7 @@ import {
 const GIB = 1024 ** 3;
 
 function failure(main, title, err) {
-  replace(main, el("h1", {}, title), el("p", { class: "notice", role: "alert" },
+  replace(main, title ? el("h1", {}, title) : null, el("p", { class: "notice", role: "alert" },
     err.status === 403 ? "Only administrators can see this page." : errorMessage(err)));
 }
 
@@ -32,23 +32,58 @@ function editUser(user, reload) {
   });
 }
 
+const USERS_PER_PAGE = 100;
+
+function userRow(u, reload) {
+  return el("tr", {},
+    el("td", { class: "name" }, u.email), el("td", {}, u.role),
+    el("td", { class: "num" }, formatBytes(u.used_bytes)),
+    el("td", { class: "num col-type" }, formatBytes(u.effective_quota_bytes)),
+    el("td", {}, u.is_active ? "yes" : "no"),
+    el("td", { class: "actions" }, el("button", { type: "button",
+      "aria-label": `Edit ${u.email}`, onclick: () => editUser(u, reload) }, "Edit")));
+}
+
+function userTable(page, reload) {
+  return el("table", { class: "list", id: "user-list" },
+    el("thead", {}, el("tr", {}, el("th", {}, "Email"), el("th", {}, "Role"),
+      el("th", { class: "num" }, "Used"), el("th", { class: "num col-type" }, "Quota"),
+      el("th", {}, "Active"), el("th", { class: "actions" }, ""))),
+    el("tbody", {}, page.items.map((u) => userRow(u, reload))));
+}
+
+// Offset pages, as the API has them: "Previous" / "Next" around "1-100 of 2,345".
+function pager(page, state, reload) {
+  const first = (page.page - 1) * page.per_page;
+  const go = (delta) => () => { state.page += delta; reload(); };
+  return el("p", { class: "more" },
+    el("button", { type: "button", disabled: page.page <= 1, onclick: go(-1) }, "Previous"),
+    ` ${page.total ? first + 1 : 0}–${first + page.items.length} of ${page.total} users `,
+    el("button", { type: "button", disabled: first + page.items.length >= page.total,
+      onclick: go(1) }, "Next"));
+}
+
 export async function renderAdminUsers(main) {
   document.title = "Users · DFMS";
+  const state = { q: "", page: 1 };
+  const results = el("div", {});
   const load = async () => {
-    const page = await api("GET", "/admin/users", { query: { per_page: 200 } });
-    replace(main, el("h1", {}, "Users"), el("table", { class: "list", id: "user-list" },
-      el("thead", {}, el("tr", {}, el("th", {}, "Email"), el("th", {}, "Role"),
-        el("th", { class: "num" }, "Used"), el("th", { class: "num col-type" }, "Quota"),
-        el("th", {}, "Active"), el("th", { class: "actions" }, ""))),
-      el("tbody", {}, page.items.map((u) => el("tr", {},
-        el("td", { class: "name" }, u.email), el("td", {}, u.role),
-        el("td", { class: "num" }, formatBytes(u.used_bytes)),
-        el("td", { class: "num col-type" }, formatBytes(u.effective_quota_bytes)),
-        el("td", {}, u.is_active ? "yes" : "no"),
-        el("td", { class: "actions" }, el("button", { type: "button",
-          "aria-label": `Edit ${u.email}`, onclick: () => editUser(u, load) }, "Edit")))))));
+    const query = { per_page: USERS_PER_PAGE, page: state.page };
+    if (state.q) query.q = state.q;
+    try {
+      const page = await api("GET", "/admin/users", { query });
+      replace(results, userTable(page, load), pager(page, state, load));
+    } catch (err) { failure(results, "", err); }
   };
-  try { await load(); } catch (err) { failure(main, "Users", err); }
+  // Outside what a reload replaces, so typing keeps the focus.
+  const filter = el("input", { type: "search", name: "q", autocomplete: "off" });
+  let timer;
+  filter.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => { state.q = filter.value.trim(); state.page = 1; load(); }, 250);
+  });
+  replace(main, el("h1", {}, "Users"), field("Filter by email", filter), results);
+  await load();
 }
 
 function figure(label, value) {
