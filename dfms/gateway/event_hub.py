@@ -305,9 +305,16 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
     """Stop a consumer, but not for long: one still joining its group waits for the
     broker's whole rebalance (seconds on the local broker), and the gateway's shutdown
     must not wait for it; nothing is committed, so nothing is lost by leaving early."""
-    with contextlib.suppress(Exception):
+    try:
         async with asyncio.timeout(STOP_TIMEOUT_S):
             await consumer.stop()
+        return
+    except Exception:  # a timeout or a broker error: close below
+        pass
+    # Cut short, stop() has not closed the broker connections yet: close them here, or
+    # they are left to the garbage collector (ResourceWarnings at interpreter exit).
+    with contextlib.suppress(Exception):
+        await consumer._client.close()
 
 
 def _keep(records: list[ConsumerRecord[bytes, bytes]], stop: int, history: History,
