@@ -18,6 +18,7 @@ from dfms.client import credentials as cr
 from dfms.client.cli import UsageError, check_local_files, jsonable, pick_trash_item, split_put_args
 from dfms.client.models import PutProgress, Tokens, TrashItem
 from dfms.client.progress import PutDisplay, dedup_text, human_bytes
+from tests.support.loopback import fake_gateway
 
 USER_COMMANDS = ["login", "logout", "whoami", "usage", "put", "get", "ls", "mv", "rm",
                  "versions", "restore", "search"]
@@ -200,13 +201,7 @@ async def test_a_token_about_to_expire_is_refreshed_once_and_stored(tmp_path: Pa
         return web.json_response({"tokens": {"access_token": "a2", "refresh_token": "r2",
                                              "expires_in": 900}})
 
-    app = web.Application()
-    app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await fake_gateway(routes)
     path = tmp_path / "credentials.json"
     stale = cr.Credentials(url, "a1", "r1", expires_at=time.time() + 10)
     cr.save(path, stale)

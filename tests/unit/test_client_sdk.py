@@ -35,6 +35,7 @@ from dfms.client.models import (
 )
 from dfms.client.paths import split_path
 from dfms.client.retry import RetryPolicy, with_retries
+from tests.support.loopback import fake_gateway
 
 THIS_FILE = Path(__file__).read_bytes()
 ENVELOPE = {"error": {"code": "name_taken", "message": "taken", "request_id": "r1"}}
@@ -192,17 +193,6 @@ def test_the_sdk_imports_nothing_of_the_server() -> None:
 
 
 # --- the request path, against a tiny loopback aiohttp server ---------------------------
-
-async def fake_gateway(routes: web.RouteTableDef) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
-
 
 def envelope(status: int, code: str, **headers: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": code, "request_id": "r"}},
