@@ -265,6 +265,45 @@ def test_watch_uploads_a_slowly_written_file_once_after_it_settles(cli: SyncCli,
             ] == [1]
 
 
+def test_watch_wakes_on_inotify_and_polls_only_when_asked(cli: SyncCli,
+                                                          tmp_path: Path) -> None:
+    """With --interval 30 a scan every 30 s would find a new file late: inotify wakes the
+    watcher at once, so it is uploaded --settle seconds after its last write. With --poll
+    (no inotify) the same file waits for the next scan, 30 s away."""
+    settle = 1.0
+    for poll in (False, True):
+        src = tmp_path / ("polled" if poll else "inbox")
+        src.mkdir()
+        folder = "/polled" if poll else "/woken"
+        watch = Watch(cli, str(src), folder, "--interval", "30", "--settle", f"{settle:g}",
+                      *(["--poll"] if poll else []))
+        try:
+            hello = watch.wait_for(lambda e: e["event"] == "watching")
+            assert (hello["mode"], hello["rescan_s"]) == (("poll", 30) if poll
+                                                          else ("inotify", 30))
+            time.sleep(1)  # the first scan is over: only a wake-up (or 30 s) finds the file
+            target = src / "new" / "deeper" / "clip.bin"  # a directory made after the start
+            target.parent.mkdir(parents=True)
+            random_file(target, MIB, seed=11)
+            written = time.monotonic()
+            if poll:
+                later = watch.drain(settle + 5)
+                assert not [e for e in later if e["event"] == "uploaded"], later
+            else:
+                done = watch.wait_for(is_upload(f"{folder}/new/deeper/clip.bin"), timeout=30)
+                after = time.monotonic() - written
+                print(f"\ninotify: uploaded {after:.2f} s after the write (--settle "
+                      f"{settle:g}, --interval 30; the upload itself {done['seconds']:.2f} s)")
+                assert settle * 0.8 <= after < settle + 4
+                assert done["sha256"] == sha256(target)
+            assert watch.stop() == 0
+            assert not [e for e in watch.seen if e["event"] in ("failed", "polling")]
+        finally:
+            watch.close()
+    assert cli.names("/woken/new/deeper") == {"clip.bin"}
+    assert "polled/" not in cli.names("/")  # nothing was uploaded, no folder made
+
+
 class Relay:
     """A TCP relay to the gateway that can be closed (connections refused) and opened
     again on the same port."""

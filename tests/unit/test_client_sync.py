@@ -4,12 +4,14 @@ real cluster (tests/integration/test_client_sync.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +31,7 @@ from dfms.client.mirror import (
     token_subject,
 )
 from dfms.client.models import File
-from dfms.client.watcher import Watcher, backoff_s, is_retryable
+from dfms.client.watcher import RESCAN_S, Wakeup, Watcher, backoff_s, is_retryable, printer
 
 OLD = 1_700_000_000 * 10**9  # an mtime long before any record
 KEY = {"url": "http://gw", "user": "u1", "local": "/d", "remote": "/r"}
@@ -230,3 +232,70 @@ def test_an_unreadable_state_dir_is_an_empty_state(tmp_path: Path) -> None:
         assert SyncState.open(KEY, tmp_path / "locked").files == {}
     finally:
         (tmp_path / "locked").chmod(0o700)
+
+
+def test_watch_next_due_in_counts_settling_and_backoff(tmp_path: Path) -> None:
+    clock, wall = Clock(), time.time_ns()
+    w = watcher(tmp_path, clock)
+    assert w.next_due_in() is None  # nothing pending: only the period ends a pause
+    w.observe([local("a", mtime_ns=wall - 500_000_000)], wall_ns=wall)  # changed 0.5 s ago
+    assert w.next_due_in() == pytest.approx(1.5)
+    w.observe([local("a", mtime_ns=wall - 500_000_000), local("b", mtime_ns=OLD)],
+              wall_ns=wall)
+    now_due = w.next_due_in()
+    assert now_due is not None and now_due <= 0  # b is due now
+    w.failed("b", w.pending["b"], Unavailable(503, "unavailable", "down"))
+    assert w.next_due_in() == pytest.approx(1.0)  # b's backoff (1 s) ends before a settles
+    w.failed("b", w.pending["b"], QuotaExceeded(507, "quota_exceeded", "full"))
+    assert w.next_due_in() == pytest.approx(1.5)  # refused: only a counts
+
+
+async def test_watch_wakeup_by_inotify_and_by_the_period(tmp_path: Path) -> None:
+    said: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    wake = Wakeup(tmp_path, 0.5, said.append)
+    wake.start(poll=False)
+    try:
+        assert wake.polling is None and wake.period_s == RESCAN_S
+        started = time.monotonic()
+        (tmp_path / "sub").mkdir()
+        await wake.pause(stop, None, 0.0)  # woken by the event, not after 30 s
+        assert time.monotonic() - started < 5 and wake.changed.is_set()
+        wake.changed.clear()
+        started = time.monotonic()
+        await wake.pause(stop, 0.3, 0.0)  # nothing changes: the next file due ends it
+        assert 0.25 < time.monotonic() - started < 5 and not wake.changed.is_set()
+    finally:
+        wake.stop()
+    polled = Wakeup(tmp_path, 0.3, said.append)
+    polled.start(poll=True)
+    started = time.monotonic()
+    (tmp_path / "sub" / "f").write_bytes(b"x")
+    await polled.pause(stop, None, 0.0)  # no inotify: the interval
+    assert 0.25 < time.monotonic() - started < 5 and polled.period_s == 0.3
+    assert said == [] and polled.polling == "--poll"  # asked for: nothing to warn of
+
+
+async def test_watch_falls_back_to_polling_once(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    said: list[dict[str, Any]] = []
+    wake = Wakeup(tmp_path / "missing", 2.0, said.append)
+    wake.start(poll=False)
+    assert wake.polling and "cannot watch" in wake.polling and wake.period_s == 2.0
+    assert [e["event"] for e in said] == ["polling"] and said[0]["interval_s"] == 2.0
+    wake = Wakeup(tmp_path, 2.0, said.append)
+    wake.start(poll=False)
+    assert wake.tree is not None and wake.tree.running
+    wake.fall_back("the inotify event queue overflowed")
+    wake.fall_back("again")
+    wake.stop()
+    assert [e["reason"] for e in said[1:]] == ["the inotify event queue overflowed"]
+    assert wake.changed.is_set()  # events were lost: scan at once
+    printer(as_json=True)(said[1])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["event"] == "polling"
+    assert err == ("dfms: watch: inotify unavailable (the inotify event queue overflowed); "
+                   "scanning every 2 s instead\n")
+    printer(as_json=False)(said[1])
+    out, err = capsys.readouterr()
+    assert out == "" and "scanning every 2 s" in err
