@@ -4,8 +4,8 @@
 import { api, fetchBlob } from "./api.js";
 import { navigate, refreshUsage } from "./main.js";
 import {
-  confirmDialog, copyText, el, errorMessage, field, formDialog, formatBytes, formatDate,
-  modal, replace, saveBlob, toast,
+  actionsHeader, confirmDialog, copyText, el, errorMessage, field, formDialog, formatBytes,
+  formatDate, modal, replace, saveBlob, toast,
 } from "./ui.js";
 
 const TEXT_LIMIT = 1024 * 1024;
@@ -132,7 +132,9 @@ export function preview(item) {
       const blob = await fetchBlob(`/files/${item.id}/download`);
       if (kind === "text") {
         const text = await blob.slice(0, TEXT_LIMIT).text();
-        replace(box, el("pre", { tabindex: "0", "aria-label": "File content" }, text));
+        // Focusable to scroll it with the keyboard; a named region, as aria-label needs a role.
+        replace(box, el("pre", { tabindex: "0", role: "region", "aria-label": "File content" },
+          text));
       } else {
         url = URL.createObjectURL(blob.type ? blob : new Blob([blob], { type: item.mime_type }));
         replace(box, kind === "image" ? el("img", { src: url, alt: item.name })
@@ -152,7 +154,7 @@ export function versionsDialog(item, reload) {
       const list = await api("GET", `/files/${item.id}/versions`);
       replace(body, el("table", { class: "list" },
         el("thead", {}, el("tr", {}, el("th", {}, "Version"), el("th", { class: "num" }, "Size"),
-          el("th", { class: "col-modified" }, "Created"), el("th", {}, ""))),
+          el("th", { class: "col-modified" }, "Created"), actionsHeader())),
         el("tbody", {}, list.items.map((v) => el("tr", { "data-version": v.version },
           el("td", {}, `v${v.version}`, v.current ? " (current)" : ""),
           el("td", { class: "num" }, formatBytes(v.size)),

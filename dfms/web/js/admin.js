@@ -2,7 +2,8 @@
 
 import { api } from "./api.js";
 import {
-  confirmDialog, el, errorMessage, field, formDialog, formatBytes, formatDate, replace, toast,
+  actionsHeader, confirmDialog, el, errorMessage, field, formDialog, formatBytes, formatDate,
+  replace, toast,
 } from "./ui.js";
 
 const GIB = 1024 ** 3;
@@ -48,7 +49,7 @@ function userTable(page, reload) {
   return el("table", { class: "list", id: "user-list" },
     el("thead", {}, el("tr", {}, el("th", {}, "Email"), el("th", {}, "Role"),
       el("th", { class: "num" }, "Used"), el("th", { class: "num col-type" }, "Quota"),
-      el("th", {}, "Active"), el("th", { class: "actions" }, ""))),
+      el("th", {}, "Active"), actionsHeader())),
     el("tbody", {}, page.items.map((u) => userRow(u, reload))));
 }
 
@@ -117,7 +118,7 @@ export async function renderAdminCluster(main) {
     el("h2", {}, "Nodes"), el("table", { class: "list", id: "node-list" },
       el("thead", {}, el("tr", {}, el("th", {}, "Node"), el("th", {}, "Health"),
         el("th", { class: "col-type" }, "State"), el("th", { class: "num" }, "Latency"),
-        el("th", { class: "num" }, "Stored"), el("th", { class: "actions" }, ""))),
+        el("th", { class: "num" }, "Stored"), actionsHeader())),
       el("tbody", {}, c.nodes.map((n) => el("tr", { "data-node": n.id },
         el("td", { class: "name" }, n.id, el("div", { class: "hint" }, n.endpoint)),
         el("td", {}, n.health),

@@ -54,11 +54,12 @@ function header(state) {
     const active = view.sort === key;
     const aria = active ? (view.order === "asc" ? "ascending" : "descending") : null;
     return el("th", { class: cls, "aria-sort": aria, scope: "col" },
-      el("button", { type: "button", onclick: () => {
+      el("button", { type: "button", "data-sort": key, onclick: () => {
         view.order = active && view.order === "asc" ? "desc" : "asc";
         view.sort = key;
         state.load();
-      } }, SORTS[key], active ? (view.order === "asc" ? " ▲" : " ▼") : ""));
+      } }, SORTS[key], active ? el("span", { "aria-hidden": "true" },
+        view.order === "asc" ? " ▲" : " ▼") : null));
   };
   const all = el("input", { type: "checkbox", "aria-label": "Select all" });
   all.checked = state.items.length > 0 && state.selected.size === state.items.length;
@@ -176,7 +177,7 @@ async function fetchPage(state, first) {
 
 function paint(main, state) {
   if (view.state !== state || view.reload === null) return; // another page is open
-  const focused = document.activeElement?.getAttribute("aria-label");
+  const focused = focusSelector(main, document.activeElement);
   const title = state.path.at(-1)?.name ?? "My files";
   const shownFiles = state.items.length - state.folderCount;
   const table = state.items.length
@@ -188,7 +189,16 @@ function paint(main, state) {
       el("p", { class: "hint" }, `${shownFiles} of ${state.total} files shown`),
       el("button", { type: "button", onclick: () => state.more().catch(
         (err) => toast(errorMessage(err), "error")) }, "Load more")) : null]));
-  if (focused) main.querySelector(`[aria-label="${CSS.escape(focused)}"]`)?.focus();
+  if (focused) main.querySelector(focused)?.focus();
+}
+
+// The control that has the focus, as a selector that finds it again after a repaint: a
+// keyboard user who sorts or ticks a box stays where they were.
+function focusSelector(main, node) {
+  if (!node || !main.contains(node)) return null;
+  const label = node.getAttribute("aria-label");
+  if (label) return `[aria-label="${CSS.escape(label)}"]`;
+  return node.dataset.sort ? `[data-sort="${CSS.escape(node.dataset.sort)}"]` : null;
 }
 
 export function openFolder(id) { navigate(folderHref(id)); }

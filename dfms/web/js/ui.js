@@ -111,10 +111,17 @@ export function confirmDialog(title, message, confirmLabel, { danger = true } = 
   return formDialog(title, [el("p", {}, message)], confirmLabel, async () => true, { danger });
 }
 
+// A labelled input; its hint is also its description, read out with it.
 export function field(label, input, hint) {
   input.id ||= `f-${Math.random().toString(36).slice(2)}`;
-  return el("div", {}, el("label", { for: input.id }, label), input,
-    hint ? el("p", { class: "hint" }, hint) : null);
+  const note = hint ? el("p", { class: "hint", id: `${input.id}-hint` }, hint) : null;
+  if (note) input.setAttribute("aria-describedby", note.id);
+  return el("div", {}, el("label", { for: input.id }, label), input, note);
+}
+
+// The header of a table's last column, which holds each row's buttons: named, not empty.
+export function actionsHeader() {
+  return el("th", { class: "actions" }, el("span", { class: "visually-hidden" }, "Actions"));
 }
 
 export function saveBlob(blob, name) {

@@ -261,6 +261,10 @@ export function render() {
   if (!panel) {
     panel = el("section", { class: "uploads hidden", "aria-label": "Uploads" });
     document.body.append(panel);
+    // Nothing the keyboard reaches may hide behind the panel (WCAG 2.4.11): app.css
+    // keeps this much room below the page and scrolls the focus above it.
+    new ResizeObserver(() => document.documentElement.style.setProperty("--uploads-room",
+      `${panel.offsetHeight ? panel.offsetHeight + 16 : 0}px`)).observe(panel);
   }
   const active = new Set(items.map((i) => resumeKey(i.folderId, i.file)));
   const resumes = pendingResumes().filter((entry) => !active.has(entry.key));
