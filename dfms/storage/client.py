@@ -37,6 +37,7 @@ _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
 RETRY_BASE_DELAY_S = 0.1
 RETRY_MAX_DELAY_S = 2.0
 POOL_CONNECTIONS_PER_NODE = 32
+CONNECT_TIMEOUT_S = 5.0  # opening a TCP connection to a node
 
 _TRACER = trace.get_tracer("dfms.storage")
 # The HTTP method of each operation, for the call's span (ping asks whether the bucket
@@ -112,8 +113,15 @@ class NodeClient:
         self._cfg = cfg
         secure = endpoint.startswith("https://")
         host = endpoint.split("://", 1)[-1].rstrip("/")
-        timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, cfg.request_timeout_s),
-                                        sock_read=cfg.request_timeout_s)
+        # sock_connect, not connect: aiohttp's ``connect`` also counts the wait for a
+        # free pooled connection, so under a burst of writes (16 multipart uploads, 4
+        # parts each) calls queued behind the pool failed as "Connection timeout" and
+        # healthy nodes were marked suspect. Queueing is bounded upstream (the gateway's
+        # transfer limit, and each call's request_timeout_s, queue included); a node
+        # that does not accept a connection still fails within CONNECT_TIMEOUT_S.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(CONNECT_TIMEOUT_S, cfg.request_timeout_s),
+            sock_read=cfg.request_timeout_s)
         # The Minio client validates its arguments: build it first so a bad config
         # cannot leave an open session behind.
         self._minio = _Minio(host, access_key=cfg.access_key, secret_key=cfg.secret_key,
