@@ -28,7 +28,7 @@ from dfms.runtime.service import PassStats
 from dfms.storage import NodeClient
 from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle, chunk_service_puts
-from tests.support.probe import make_admin
+from tests.support.probe import make_admin, wait_node_answers_probes
 
 VICTIM = "node-2"
 # Process names under which `dfms up` may run a health monitor of its own.
@@ -161,6 +161,7 @@ async def test_killed_node_goes_suspect_down_and_back(cluster: ClusterHandle, ap
         await wait_for_chunk_service(cluster, api, user, writes_victim=False)
 
         await cluster.control("start", VICTIM)
+        await wait_node_answers_probes(cluster, VICTIM)
         await passes(monitor, m - 1)
         assert (await health_of(pg))[VICTIM] == "down"
         stats = await passes(monitor, 1)

@@ -29,7 +29,14 @@ from dfms.healthmon.service import HealthMonitor
 from dfms.replication.manager import ReplicationManager
 from tests.probe.conftest import ClusterFactory
 from tests.support.cluster import ClusterHandle, chunk_service_puts
-from tests.support.probe import KIB, MIB, Probe, replication_config, wait_until
+from tests.support.probe import (
+    KIB,
+    MIB,
+    Probe,
+    replication_config,
+    wait_node_answers_probes,
+    wait_until,
+)
 
 VICTIM = "node-3"
 PASSIVE_LOGGER = "dfms.healthmon.passive"
@@ -116,22 +123,6 @@ async def repairs_leave_it_suspect(probe: Probe, manager: ReplicationManager,
     assert len(await node_events(probe, first_event)) == 1
 
 
-async def back_after_m_good_probes(probe: Probe, monitor: HealthMonitor, m: int) -> None:
-    """The node stays down until M probes in a row succeed, then is healthy. A node just
-    restarted may fail its first probe (too slow while it warms up); that restarts the
-    count, as it must, so the passes are counted rather than assumed."""
-    good = 0
-    for _ in range(m + 3):
-        stats = await monitor.run_once()
-        assert stats.errors == 0, stats
-        track = monitor.tracks[VICTIM]
-        good = good + 1 if track.failures == 0 else 0
-        assert (await health(probe))[VICTIM] == ("healthy" if good >= m else "down"), track
-        if good >= m:
-            return
-    raise AssertionError(f"{VICTIM} never answered {m} probes in a row after its restart")
-
-
 async def the_monitor_takes_over(cluster: ClusterHandle, probe: Probe,
                                  monitor: HealthMonitor, first_event: int) -> None:
     """K failed probes from the passive suspect to down, M good ones back to healthy."""
@@ -143,7 +134,10 @@ async def the_monitor_takes_over(cluster: ClusterHandle, probe: Probe,
     await probe.upload("while-down.bin", os.urandom(2 * MIB))
 
     await cluster.control("start", VICTIM)
-    await back_after_m_good_probes(probe, monitor, m)
+    await wait_node_answers_probes(cluster, VICTIM)
+    await passes(monitor, m - 1)
+    assert (await health(probe))[VICTIM] == "down"
+    await passes(monitor, 1)
     assert set((await health(probe)).values()) == {"healthy"}
     events = await node_events(probe, first_event)
     assert [(e["old"], e["new"]) for e in events] == [

@@ -37,6 +37,7 @@ from miniopy_async import Minio
 
 from dfms.config import Config
 from dfms.gc.collector import digest_of_key
+from dfms.healthmon.probe import probe_key, probe_node, probe_s3_config
 from dfms.localstack.ports import LOOPBACK, PortAllocator, port_is_free
 from dfms.localstack.servers import S3_NODE_PORTS, S3NodePorts, s3_node_spec
 from dfms.replication.cluster import load_view
@@ -458,3 +459,23 @@ async def read_topic(cfg: Config, topic: str, stall_s: float = 5.0
 
 def event_type(record: ConsumerRecord[bytes, bytes]) -> str:
     return str(json.loads(record.value or b"{}").get("type", ""))
+
+
+async def wait_node_answers_probes(cluster: ClusterHandle, node_id: str,
+                                   timeout_s: float = 30.0) -> None:
+    """Once a stopped node is started again: until it answers a whole health probe
+    (put, get, delete) within the monitor's limits. Its first requests after a restart
+    can be slow or refused while it warms up, and each such probe rightly restarts the
+    monitor's count of good ones; a test that counts the passes that bring the node back
+    starts counting after this."""
+    cfg = cluster.config
+    s3 = probe_s3_config(cfg.s3, cfg.healthmon.probe_timeout_s)
+    endpoint = next(str(n["endpoint"]) for n in cluster.s3_nodes if n["id"] == node_id)
+    # One key for every try: the try that succeeds deletes what a failed one left.
+    key = probe_key(f"warmup-{uuid.uuid4().hex[:8]}", node_id)
+    async with NodeClient(node_id, endpoint, s3) as client:
+        async def answers() -> bool:
+            result = await probe_node(client, key, timeout_s=cfg.healthmon.probe_timeout_s,
+                                      latency_limit_ms=cfg.healthmon.latency_limit_ms)
+            return result.ok
+        await wait_until(f"{node_id} to answer a probe", answers, timeout_s)
