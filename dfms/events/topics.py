@@ -37,6 +37,9 @@ FILE_VERSION_RESTORED = "file.version_restored"  # FILES_TOPIC: an old version m
 UPLOAD_FAILED = "upload.failed"  # FILES_TOPIC: multipart expired, quota exceeded
 SHARE_USED = "share.used"  # FILES_TOPIC: a share link's download
 QUOTA_WARNING = "quota.warning"  # FILES_TOPIC: usage crossed QUOTA_WARNING_RATIO
+# FILES_TOPIC, internal: an admin changed an account's role or active flag. Every
+# gateway ends that account's live streams, whose reconnect is authenticated anew.
+USER_ACCESS_CHANGED = "user.access_changed"
 CHUNK_UNDER_REPLICATED = "chunk.under_replicated"  # CHUNKS_TOPIC
 CHUNK_REPLICA_BAD = "chunk.replica_bad"  # CHUNKS_TOPIC
 NODE_HEALTH_CHANGED = "node.health_changed"  # NODES_TOPIC

@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 from dfms.config import Config
 from dfms.errors import DependencyUnavailable
 from dfms.events.envelope import MalformedEvent, decode_event
-from dfms.events.topics import STREAM_TOPICS
+from dfms.events.topics import STREAM_TOPICS, USER_ACCESS_CHANGED
 from dfms.gateway.notifications import (
     Buffered,
     Position,
@@ -160,6 +160,14 @@ class EventHub:
         for sub in list(self._subs):
             sub.offer(None)
 
+    def end_streams_of(self, user_id: str) -> None:
+        """End one account's streams (its role or active flag changed): a client that
+        reconnects is authenticated again, so a deactivated account's stream does not
+        outlive the change, and a demoted admin's no longer carries cluster events."""
+        for sub in list(self._subs):
+            if sub.viewer.user_id == user_id:
+                sub.offer(None)
+
     def _consumer(self, group_id: str | None) -> AIOKafkaConsumer:
         kafka = self.config.kafka
         return AIOKafkaConsumer(
@@ -211,6 +219,8 @@ class EventHub:
             if visible_to(event, sub.viewer):
                 snapshot = snapshot or dict(self.position)
                 sub.offer((item, snapshot))
+        if event.type == USER_ACCESS_CHANGED:
+            self.end_streams_of(str(event.payload.get("user_id")))
 
     # --- streams ---------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from aiohttp import web
 
 from dfms.auth import refresh
 from dfms.auth.accounts import ROLES
+from dfms.events.outbox import emit
+from dfms.events.topics import FILES_TOPIC, USER_ACCESS_CHANGED
 from dfms.gateway.context import API_PREFIX, CHUNKS_KEY, CONFIG_KEY, PG_KEY
 from dfms.gateway.errors import bad_request, conflict, forbidden, not_found
 from dfms.gateway.http import field, int_param, only_fields, parse_uuid, read_json
@@ -137,7 +139,11 @@ async def update_user(request: web.Request) -> web.Response:
         if changes.get("is_active") is False:
             revoked = await refresh.revoke_all(conn, user_id)
         user = await adm.get_user(conn, user_id)
-    assert user is not None
+        assert user is not None
+        if "role" in changes or "is_active" in changes:
+            await emit(conn, FILES_TOPIC, str(user_id), USER_ACCESS_CHANGED,
+                       {"user_id": str(user_id), "role": user.role,
+                        "is_active": user.is_active})
     log.info("user updated by admin", extra={
         "admin": str(admin.id), "user": str(user_id),
         "changes": dict(changes), "revoked_refresh_tokens": revoked})

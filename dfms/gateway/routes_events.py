@@ -13,7 +13,10 @@ The stream. ``retry:`` and a ``: connected`` comment first; then the caller's ev
 as ``id``/``event``/``data`` messages, a ``: hb`` comment every
 ``events.stream_heartbeat_s`` (carrying the current position as ``id``, so a quiet
 stream's Last-Event-ID stays fresh), and the stream ends after
-``events.stream_max_age_s`` so that the account is checked again on reconnect. A
+``events.stream_max_age_s`` so that the account is checked again on reconnect; it
+ends at once when an admin changes the account's role or active flag (the internal
+``user.access_changed`` event reaches every gateway's hub), so a deactivated account
+keeps no stream and a demoted admin no cluster events. A
 ``Last-Event-ID`` header (or ``last_event_id`` query parameter, for a new EventSource)
 replays what was missed first. The stream holds no load-shedding slot (it would hold
 it for hours): the per-user and per-gateway caps bound them instead.

@@ -53,7 +53,7 @@ from tests.integration.test_healthmon import (
 )
 from tests.support.api import Api, ApiUser
 from tests.support.cluster import ClusterHandle
-from tests.support.probe import make_admin
+from tests.support.probe import make_admin, wait_node_answers_probes
 
 pytestmark = pytest.mark.cluster
 
@@ -437,6 +437,30 @@ async def test_the_per_user_cap_and_the_errors(cluster: ClusterHandle, api: Api)
             assert (resp.status, body["error"]["code"]) == (status, code), body
 
 
+async def test_deactivating_an_account_ends_its_streams_at_once(
+        cluster: ClusterHandle, api: Api) -> None:
+    """Not after events.stream_max_age_s (an hour): every gateway ends the account's
+    streams when the change reaches it, and the reconnect is refused. Another account's
+    stream goes on."""
+    admin, user, other = await make_admin(cluster, api), await api.register(), \
+        await api.register()
+    async with open_stream(api.session, api.base, user) as stream, \
+            open_stream(api.session, api.base, other) as bystander:
+        status, body, _ = await api.request("PATCH", f"/admin/users/{user.id}", admin,
+                                            json={"is_active": False})
+        assert status == 200 and body["is_active"] is False, body
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match="the server ended the stream"):
+            while True:
+                await stream.next(10.0)
+        ended_s = time.monotonic() - started
+        file, _ = await upload(api, other, "still-here.txt")
+        assert (await bystander.event(5.0, of_file(file["id"]))).type == "file.uploaded"
+    assert ended_s < DELIVERY_LIMIT_S * 2, ended_s
+    async with api.session.get(f"{api.base}/api/v1/events", headers=user.headers) as resp:
+        assert resp.status == 401, await resp.text()
+
+
 @asynccontextmanager
 async def _streams(api: Api, user: ApiUser, n: int) -> AsyncIterator[list[Stream]]:
     opened: list[Stream] = []
@@ -501,6 +525,7 @@ async def test_an_admin_sees_a_killed_node_go_down_and_come_back(
             down = await seen.event(5.0, node("down"))
             assert down.data["old"] == "suspect" and "reason" in down.data
             await cluster.control("start", VICTIM)
+            await wait_node_answers_probes(cluster, VICTIM)
             await passes(monitor, m)
             await seen.event(5.0, node("healthy"))
             assert not await unseen.events_for(0.5) and not unseen.events

@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord
 
-from dfms.events.envelope import Event
+from dfms.config import Config
+from dfms.events.envelope import Event, build_envelope, encode_envelope
 from dfms.events.origin import parse_origin
 from dfms.events.topics import (
     ADMIN_EVENTS,
@@ -21,9 +23,10 @@ from dfms.events.topics import (
     NODE_HEALTH_CHANGED,
     NODES_TOPIC,
     RING_CHANGED,
+    USER_ACCESS_CHANGED,
     USER_EVENTS,
 )
-from dfms.gateway.event_hub import Subscription
+from dfms.gateway.event_hub import EventHub, Subscription
 from dfms.gateway.notifications import (
     Buffered,
     InvalidCursor,
@@ -183,3 +186,23 @@ async def test_a_full_queue_ends_the_stream_instead_of_dropping_events_silently(
     assert all(d is None or d in items for d in drained)
     sub.offer(items[0])
     assert sub.queue.empty()  # nothing after the end
+
+
+def record(type: str, offset: int, **payload: Any) -> ConsumerRecord[bytes, bytes]:
+    value = encode_envelope(build_envelope(uuid.uuid4(), type, datetime.now(UTC), payload))
+    return ConsumerRecord(FILES_TOPIC, 0, offset, 0, 0, ALICE.encode(), value, None,
+                          len(value), 0, [])
+
+
+async def test_an_access_change_ends_that_accounts_streams_only() -> None:
+    hub = EventHub(Config())
+    alice, _ = hub.subscribe(Viewer(ALICE, False), lambda: False)
+    alice_admin, _ = hub.subscribe(Viewer(ALICE, True), lambda: False)
+    bob, _ = hub.subscribe(Viewer(BOB, True), lambda: False)
+    hub._dispatch((FILES_TOPIC, 0), record(USER_ACCESS_CHANGED, 0, user_id=ALICE,
+                                           role="user", is_active=False))
+    assert alice.ended and alice_admin.ended and not bob.ended
+    assert alice.queue.get_nowait() is None and bob.queue.empty()  # shown to nobody
+    assert hub.position[(FILES_TOPIC, 0)] == 1
+    hub._dispatch((FILES_TOPIC, 0), record(FILE_UPLOADED, 1, owner_id=BOB, file_id="f"))
+    assert not bob.ended and bob.queue.qsize() == 1
