@@ -17,7 +17,9 @@ the server side is imported. ::
 
 Remote paths (``/photos/2024/a.jpg``) resolve through folders with
 ``dfms.client.resolve(client, path)``; ``make_folders`` is ``mkdir -p``.
-For scripts, ``dfms.client.sync.Client`` has the same methods without ``await``.
+``put_chunked(path, cache=ManifestCache())`` does not read a file put before whose stat
+(size, times, inode) is unchanged. For scripts, ``dfms.client.sync.Client`` has the same
+methods without ``await``.
 Errors: every failure is a ``DfmsError`` (``status``, ``code``, ``message``,
 ``retry_after``); 429/503 and connection failures are retried with backoff, bounded by
 ``RetryPolicy``.
@@ -42,6 +44,7 @@ from dfms.client.errors import (
     Unauthorized,
     Unavailable,
 )
+from dfms.client.manifest_cache import ManifestCache
 from dfms.client.models import (
     ChunkerInfo,
     File,
@@ -79,6 +82,7 @@ __all__ = [
     "Folder",
     "FolderContents",
     "Forbidden",
+    "ManifestCache",
     "NotFound",
     "PayloadTooLarge",
     "PreconditionFailed",

@@ -28,6 +28,7 @@ from dfms.client import credentials as creds_mod
 from dfms.client.client import DfmsClient
 from dfms.client.credentials import DEFAULT_URL, Credentials
 from dfms.client.errors import Conflict, DfmsError, NotFound, Unauthorized
+from dfms.client.manifest_cache import ManifestCache
 from dfms.client.models import File, Folder, PutProgress, PutResult, Tokens, TrashItem
 from dfms.client.paths import join_path, make_folders, resolve, resolve_folder, split_path
 from dfms.client.progress import PutDisplay, dedup_text, human_bytes, human_rate
@@ -261,7 +262,8 @@ class PutTotals:
         self.results.append({"local": str(local), "remote": remote, "file": put.file,
                              "bytes_read": put.bytes_read, "bytes_sent": put.bytes_sent,
                              "chunks_total": put.chunks_total, "chunks_sent": put.chunks_sent,
-                             "chunked": put.chunked, "unchanged": put.file.unchanged})
+                             "chunked": put.chunked, "unchanged": put.file.unchanged,
+                             "manifest_cached": put.manifest_cached})
         self.logical += put.bytes_read
         self.sent += put.bytes_sent
 
@@ -276,8 +278,9 @@ async def put_one(c: DfmsClient, local: Path, remote_dir: str, folder_id: str | 
                   args: argparse.Namespace, display: PutDisplay | None) -> PutResult:
     prog = PutProgress()
     name = args.name or local.name
+    cache = None if args.no_cache else ManifestCache()
     task = asyncio.ensure_future(c.put_chunked(local, name, folder_id, if_match=args.if_match,
-                                               progress=prog))
+                                               progress=prog, cache=cache))
     if display is not None:
         display.start(join_path(remote_dir, name), prog)
         while not task.done():
@@ -347,12 +350,13 @@ async def do_get(args: argparse.Namespace, c: DfmsClient) -> int:
     remote, file = await remote_file(c, args.remote)
     dest, resumed_from = local_target(Path(args.local), file.name)
     started = time.monotonic()
-    got = await c.download(file.id, dest)
+    got = await c.download(file.id, dest, version=args.version)
     seconds = time.monotonic() - started
     resumed = f", resumed from {human_bytes(resumed_from)}" if resumed_from else ""
     emit(args, {"remote": remote, "local": str(dest), "file": got, "sha256_verified": True,
                 "resumed_from": resumed_from, "seconds": seconds},
-         f"{remote} -> {dest}  {human_bytes(got.size)}, SHA-256 verified{resumed}, "
+         f"{remote}{'' if args.version is None else f' v{got.version}'} -> {dest}  "
+         f"{human_bytes(got.size)}, SHA-256 verified{resumed}, "
          f"{seconds:.1f} s ({human_rate(got.size, seconds)})")
     return 0
 
@@ -619,10 +623,14 @@ def _add_transfer(add: AddCommand) -> None:
                      "SHA-256 or ETag; * = any existing file), else 412 and nothing changes")
     put.add_argument("--parallel", type=_positive, default=4, help="chunks in flight (4)")
     put.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    put.add_argument("--no-cache", action="store_true", help="read and hash every file, "
+                     "even one unchanged (same size, times, inode) since a put cut it")
     get = _json_flag(add("get", "download a file, verified against its SHA-256; a partial "
                          "LOCAL.part left by an interrupted get is resumed", command(do_get)))
     get.add_argument("remote", metavar="REMOTE", help="a remote path or a file id")
     get.add_argument("local", metavar="LOCAL", help="a local file or directory")
+    get.add_argument("--version", type=_positive, metavar="N",
+                     help="that version's content (dfms versions lists them), not the current")
 
 
 def _add_files(add: AddCommand) -> None:

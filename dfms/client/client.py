@@ -7,7 +7,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from dfms.chunker import Chunker
 from dfms.client.chunking import (
     ChunkRef,
     Manifest,
@@ -26,12 +27,14 @@ from dfms.client.chunking import (
 from dfms.client.errors import (
     ChecksumMismatch,
     Conflict,
+    NotFound,
     QuotaExceeded,
     RangeNotSatisfiable,
     TransportError,
     Unauthorized,
     error_from_response,
 )
+from dfms.client.manifest_cache import FileStat, ManifestCache
 from dfms.client.models import (
     ChunkerInfo,
     File,
@@ -350,19 +353,26 @@ class DfmsClient:
         return File.from_json(await self._json(
             "POST", "/files/upload", headers=headers, body=lambda: stream, retry=False))
 
-    async def download(self, file_id: str, dest: str | Path) -> File:
+    async def download(self, file_id: str, dest: str | Path, *,
+                       version: int | None = None) -> File:
         """Download to ``dest``, verified against the file's SHA-256. The bytes go to
         ``<dest>.part`` first; a ``.part`` left by an interrupted download is resumed with
-        a Range request (If-Range: the file's ETag, so a changed file starts over)."""
+        a Range request (If-Range: the file's ETag, so a changed file starts over).
+        ``version``: that version's content instead of the current one (the File returned
+        then describes that version)."""
         file = await self.stat(file_id)
+        url = f"/files/{file_id}/download"
+        if version is not None:
+            file = await self._as_version(file, version)
+            url = f"/files/{file_id}/versions/{version}/download"
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
         resumed = await asyncio.to_thread(_size_or_zero, part) > 0
-        await self._fetch_with_retries(file, part)
+        await self._fetch_with_retries(file, part, url)
         if await asyncio.to_thread(sha256_file, part) != file.sha256 and resumed:
             # The kept prefix was bad (not this content): fetch it all once more.
             await asyncio.to_thread(part.unlink)
-            await self._fetch_with_retries(file, part)
+            await self._fetch_with_retries(file, part, url)
         if await asyncio.to_thread(sha256_file, part) != file.sha256:
             await asyncio.to_thread(part.unlink)
             raise ChecksumMismatch(0, "checksum_mismatch",
@@ -370,11 +380,18 @@ class DfmsClient:
         await asyncio.to_thread(part.replace, dest)
         return file
 
-    async def _fetch_with_retries(self, file: File, part: Path) -> None:
-        # Retried as a whole: each try resumes from what the previous one wrote.
-        await with_retries(lambda: self._fetch_into(file, part), self._retry, self._sleep)
+    async def _as_version(self, file: File, version: int) -> File:
+        for v in await self.versions(file.id):
+            if v.version == version:
+                return replace(file, size=v.size, sha256=v.sha256, mime_type=v.mime_type,
+                               version=v.version, chunk_count=v.chunk_count)
+        raise NotFound(404, "not_found", f"file {file.id} has no version {version}")
 
-    async def _fetch_into(self, file: File, part: Path) -> None:
+    async def _fetch_with_retries(self, file: File, part: Path, url: str) -> None:
+        # Retried as a whole: each try resumes from what the previous one wrote.
+        await with_retries(lambda: self._fetch_into(file, part, url), self._retry, self._sleep)
+
+    async def _fetch_into(self, file: File, part: Path, url: str) -> None:
         have = await asyncio.to_thread(_size_or_zero, part)
         if have and have == file.size:
             return  # all there already; the caller verifies it
@@ -382,12 +399,11 @@ class DfmsClient:
             have = 0  # not a prefix of this file: fetch it whole ("wb" below)
         headers = {"Range": f"bytes={have}-", "If-Range": f'"{file.sha256}"'} if have else {}
         try:
-            resp = await self._send("GET", f"/files/{file.id}/download", headers=headers,
-                                    retry=False)
+            resp = await self._send("GET", url, headers=headers, retry=False)
         except RangeNotSatisfiable:
             # The kept prefix does not fit the file (it shrank?): start over, whole.
             await asyncio.to_thread(part.unlink, True)
-            resp = await self._send("GET", f"/files/{file.id}/download", retry=False)
+            resp = await self._send("GET", url, retry=False)
         async with resp:
             await _write_body(resp, part, append=resp.status == 206)
 
@@ -398,7 +414,8 @@ class DfmsClient:
 
     async def put_chunked(self, path: str | Path, name: str | None = None,
                           folder_id: str | None = None, *, if_match: str | None = None,
-                          progress: PutProgress | None = None) -> PutResult:
+                          progress: PutProgress | None = None,
+                          cache: ManifestCache | None = None) -> PutResult:
         """Upload a file sending only the chunks the server lacks for this caller.
 
         Cuts and hashes the file in a thread with the server's chunker, asks which chunks
@@ -406,7 +423,9 @@ class DfmsClient:
         Re-running after an interruption sends only what did not arrive. Falls back to a
         plain upload when this client cannot cut as the server does. ``if_match``: an
         ETag (``"<sha256>"``, or ``*``) the current file of that name must have, else 412
-        and nothing changes. ``progress`` is updated in place as the put goes."""
+        and nothing changes. ``progress`` is updated in place as the put goes. ``cache``:
+        manifests of files cut before, reused while a file's stat is unchanged (the file
+        is then not read, except for the chunks the server lacks)."""
         path, prog = Path(path), progress or PutProgress()
         name = name or path.name
         info = await self.chunker_info()
@@ -414,7 +433,7 @@ class DfmsClient:
         if chunker is None:
             return await self._put_whole(path, name, folder_id, if_match, prog)
         prog.size = await asyncio.to_thread(_size_or_zero, path)
-        manifest = await asyncio.to_thread(build_manifest, path, chunker, on_read=lambda n: (
+        manifest, cached = await asyncio.to_thread(_cut, path, chunker, info, cache, lambda n: (
             setattr(prog, "bytes_hashed", n)))
         prog.chunks_total = len(manifest.chunks)
         if len(manifest.chunks) > info.commit_max_chunks:
@@ -432,7 +451,7 @@ class DfmsClient:
         await self._end_session(session)  # the committed chunks belong to the file now
         prog.phase = "done"
         return PutResult(file, manifest.size, prog.bytes_sent, len(manifest.chunks),
-                         prog.chunks_sent, True)
+                         prog.chunks_sent, True, cached)
 
     async def _end_session(self, session: str) -> None:
         await self._json("DELETE", f"/chunks/sessions/{session}")
@@ -567,6 +586,25 @@ async def _write_body(resp: aiohttp.ClientResponse, part: Path, *, append: bool)
         raise TransportError(0, "connection_error", str(e) or type(e).__name__) from e
     finally:
         await asyncio.to_thread(f.close)
+
+
+def _cut(path: Path, chunker: Chunker, info: ChunkerInfo, cache: ManifestCache | None,
+         on_read: Callable[[int], None]) -> tuple[Manifest, bool]:
+    """(the file's manifest, whether it came from ``cache``): from the cache when the
+    file's stat is unchanged, else cut and hashed (blocking) and recorded there if the
+    file did not change while it was read."""
+    if cache is None:
+        return build_manifest(path, chunker, on_read=on_read), False
+    checked_ns = time.time_ns()
+    before = FileStat.of(path)
+    cached = cache.get(path, info, before)
+    if cached is not None:
+        on_read(cached.size)
+        return cached, True
+    manifest = build_manifest(path, chunker, on_read=on_read)
+    if FileStat.of(path) == before and manifest.size == before.size:
+        cache.put(path, info, before, manifest, checked_ns)
+    return manifest, False
 
 
 def _size_or_zero(path: Path) -> int:

@@ -34,12 +34,12 @@ from dfms.client import cli
 from dfms.client.chunking import sha256_file
 from dfms.client.client import DfmsClient
 from dfms.client.errors import Conflict, DfmsError, NotFound
+from dfms.client.manifest_cache import RACY_NS, cache_dir
 from dfms.client.models import File, Folder, PutResult
 from dfms.client.paths import PAGE, child, make_folders, resolve_folder, split_path
 from dfms.client.progress import human_bytes
 
 STATE_VERSION = 1
-RACY_NS = 2_000_000_000
 SAVE_EVERY_S = 5.0
 FILE_KINDS = ("upload", "update", "check", "skip")
 
@@ -91,12 +91,6 @@ def scan_local(root: Path) -> tuple[list[LocalFile], list[str]]:
 
 
 # --- the state file ---------------------------------------------------------------------
-
-def cache_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "dfms"
-
 
 def token_subject(token: str | None) -> str:
     """The user id an access token names (its JWT ``sub``, read unverified: it only

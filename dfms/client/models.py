@@ -136,11 +136,13 @@ class PutResult:
     """What ``put_chunked`` did: the file, and the figures that show the dedup."""
 
     file: File
-    bytes_read: int  # the file's size: every byte was read and hashed
+    bytes_read: int  # the file's size (its logical bytes)
     bytes_sent: int  # chunk (or whole-file) bytes that went over the network
     chunks_total: int  # chunks in the file's manifest
     chunks_sent: int  # chunks the server lacked, sent
     chunked: bool  # False: the client could not cut as the server does; uploaded whole
+    manifest_cached: bool = False  # the manifest came from the cache: the file was not
+    # read and hashed, only the chunks sent were read
 
     @property
     def dedup_ratio(self) -> float:

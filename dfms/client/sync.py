@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from dfms.client.client import DfmsClient
+from dfms.client.manifest_cache import ManifestCache
 from dfms.client.models import (
     File,
     FileVersion,
@@ -109,9 +110,10 @@ class Client:
 
     def put_chunked(self, path: str | Path, name: str | None = None,
                     folder_id: str | None = None, *, if_match: str | None = None,
-                    progress: PutProgress | None = None) -> PutResult:
+                    progress: PutProgress | None = None,
+                    cache: ManifestCache | None = None) -> PutResult:
         return self._run(self._async.put_chunked(path, name, folder_id, if_match=if_match,
-                                                  progress=progress))
+                                                 progress=progress, cache=cache))
 
     def update_file(self, file_id: str, *, name: str | None = None,
                     folder_id: str | None = None) -> File:

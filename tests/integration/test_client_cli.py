@@ -139,15 +139,21 @@ async def test_round_trips_at_chunk_boundaries(cli: Cli, api: Api, user: ApiUser
 
 def test_200_mib_round_trip_then_a_second_put_sends_nothing(cli: Cli, tmp_path: Path) -> None:
     src = random_file(tmp_path / "big200.bin", 200 * MIB, seed=200)
+    time.sleep(2.1)  # a file changed within the last 2 s is not cached (manifest_cache.py)
     started = time.monotonic()
     first = cli.json("put", str(src), "/big")
     first_s = time.monotonic() - started
     assert first["bytes_read"] == first["bytes_sent"] == 200 * MIB
+    assert first["files"][0]["manifest_cached"] is False
     started = time.monotonic()
     again = cli.json("put", str(src), "/big")
     again_s = time.monotonic() - started
     assert again["bytes_sent"] == 0 and again["files"][0]["unchanged"] is True
     assert again["files"][0]["chunks_sent"] == 0 and again["dedup_ratio"] is None
+    # The second put found the manifest by the file's stat: the file was not read.
+    assert again["files"][0]["manifest_cached"] is True
+    uncached = cli.json("put", "--no-cache", str(src), "/big")["files"][0]
+    assert (uncached["manifest_cached"], uncached["unchanged"]) == (False, True)
     started = time.monotonic()
     cli.json("get", "/big/big200.bin", str(tmp_path / "copy.bin"))
     get_s = time.monotonic() - started
@@ -236,6 +242,14 @@ def test_every_command_with_json(cli: Cli, tmp_path: Path) -> None:
     assert stale.returncode == 1 and json.loads(stale.stdout)["error"]["status"] == 412
     versions = cli.json("versions", "/docs/2024/quarterly_report.txt")["versions"]
     assert [(v["version"], v["current"]) for v in versions] == [(2, True), (1, False)]
+    old = cli.json("get", "/docs/2024/quarterly_report.txt", str(tmp_path / "v1.txt"),
+                   "--version", "1")
+    assert (old["file"]["version"], old["file"]["sha256"]) == (1, etag)
+    assert sha256(tmp_path / "v1.txt") == etag != sha256(a)
+    absent = cli.run("get", "/docs/2024/quarterly_report.txt", str(tmp_path / "v9.txt"),
+                     "--version", "9", "--json", ok=False)
+    assert absent.returncode == 1 and json.loads(absent.stdout)["error"]["code"] == "not_found"
+    assert not (tmp_path / "v9.txt").exists() and not (tmp_path / "v9.txt.part").exists()
     restored = cli.json("restore", "/docs/2024/quarterly_report.txt", "1")["file"]
     assert (restored["version"], restored["sha256"]) == (3, etag)
     hits = cli.json("search", "quarterly")
