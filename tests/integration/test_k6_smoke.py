@@ -51,3 +51,21 @@ def test_smoke_passes_every_threshold_and_check(cluster: ClusterHandle, tmp_path
     for name, metric in metrics.items():
         for expr, result in metric.get("thresholds", {}).items():
             assert result["ok"], f"threshold {name}: {expr} breached\n{out}"
+
+
+def test_small_uploads_counts_only_stored_files(cluster: ClusterHandle, tmp_path: Path) -> None:
+    """benchmarks/k6/small_uploads.js, the capacity report's 4 KiB figure, briefly: every
+    upload it counts was answered 201 with the bytes' SHA-256, and none failed."""
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [str(K6), "run", "--quiet", "--no-color", "--no-usage-report",
+         "-e", f"BASE_URL={cluster.gateway_url}", "-e", "VUS=2", "-e", "DURATION=5s",
+         "-e", f"SUMMARY={summary}", str(SCRIPT.with_name("small_uploads.js"))],
+        cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f"k6 exited with {proc.returncode}:\n{out}"
+    metrics = json.loads(summary.read_text())["metrics"]
+    uploads = metrics["http_reqs{name:upload_small}"]["values"]["count"]
+    assert metrics["small_uploads"]["values"]["count"] == uploads > 10, out
+    assert metrics["checks"]["values"]["fails"] == 0, out
