@@ -80,7 +80,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_chunker.py
 
 ## Run a k6 scenario (benchmarks/k6/$(PROFILE).js) against the cluster `make up` runs;
-## starts nothing. PROFILE=smoke|mixed|ingest|dedup|auth_storm|soak|overload,
+## starts nothing. PROFILE=smoke|mixed|ingest|dedup|auth_storm|soak|overload|small_requests|small_uploads,
 ## K6ARGS="-e VUS=5 ..." (docs/load.md), DATA_DIR if not .dfms.
 PROFILE ?= smoke
 DATA_DIR ?= $(or $(DFMS_DATA_DIR),.dfms)
