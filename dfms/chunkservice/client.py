@@ -173,8 +173,10 @@ class ChunkClient:
         # left reading ``frames`` (an HTTP request body, which allows one reader).
         await self._connected()
         with _client_span("Upload"):
-            call = self._stub.Upload(wait_for_ready=True, timeout=None,
-                                     metadata=_trace_metadata())
+            # Fail fast from here (no wait_for_ready): the channel was ready a moment ago,
+            # and a call that waited for it to be ready again, with no deadline, would
+            # hang for as long as a chunk service killed just now stays away.
+            call = self._stub.Upload(timeout=None, metadata=_trace_metadata())
             try:
                 await call.write(pb.UploadFrame(context=context))
                 async for frame in reframe(frames, self._frame):
@@ -204,7 +206,7 @@ class ChunkClient:
                 pb.ChunkRef(sha256=c.sha256, offset=c.offset, size=c.size) for c in chunks)
         await self._connected()
         span = _download_span()
-        call = self._stub.Download(request, wait_for_ready=True, metadata=_trace_metadata(
+        call = self._stub.Download(request, metadata=_trace_metadata(  # fail fast: see upload
             trace.set_span_in_context(span) if span.is_recording() else None))
         try:
             async for frame in call:

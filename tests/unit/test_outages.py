@@ -211,3 +211,35 @@ async def test_a_chunk_service_killed_mid_upload_is_an_outage(frames_read: int) 
             proc.kill()
         await proc.wait()
     assert api_error(info.value).code == "chunk_service_unavailable"
+
+
+@pytest.mark.parametrize("call", ["upload", "download"])
+async def test_a_call_started_just_after_the_chunk_service_died_fails_fast(
+        call: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The channel was ready when the client checked, then the service was killed before
+    the call went out (the race an outage drill hit): the call fails at once instead of
+    waiting, without a deadline, for the service to come back."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.slow_chunk_server",
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        port = int(await _read_line(proc))
+        async with ChunkClient(f"127.0.0.1:{port}", connect_timeout_s=5.0) as client:
+            await client.wait_ready()
+            proc.kill()
+            await proc.wait()
+
+            async def already_checked() -> None:
+                pass
+            monkeypatch.setattr(client, "_connected", already_checked)
+            with pytest.raises(deps.ChunkServiceUnavailable):
+                async with asyncio.timeout(10):
+                    if call == "upload":
+                        await client.upload(_frames())
+                    else:
+                        async for _ in client.download(chunks=[]):
+                            pass
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
